@@ -1,0 +1,3 @@
+"""imgshare: a self-hosted secure image sharing server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from imgshare.cli import run
+
+run()

@@ -1,0 +1,59 @@
+"""The ``imgshare`` command line: the only place in imgshare that prints.
+
+Each command group lives in its own module; this one holds the root group and the
+dispatcher that turns ``ImgshareError`` into a one-line message and exit status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from imgshare import __version__
+from imgshare.errors import ImgshareError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imgshare")
+def cli() -> None:
+    """imgshare: send images to a server you control, end-to-end encrypted inside TLS.
+
+    Start with `imgshare certs init` (or just `imgshare serve`, which makes
+    certificates on first start), add a user with `imgshare user add`, then send
+    images with `imgshare send`.
+    """
+
+
+def _register_commands() -> None:
+    # Imported here so that each command module can import `cli` helpers freely.
+    from imgshare.cli import certs
+
+    cli.add_command(certs.certs)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map the project's errors to a message and exit status 1."""
+    try:
+        cli.main(args=argv, prog_name="imgshare", standalone_mode=False)
+    except ImgshareError as exc:
+        click.echo(f"imgshare: error: {exc}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("imgshare: aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("imgshare: interrupted", err=True)
+        return 130
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

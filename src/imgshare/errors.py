@@ -1,0 +1,90 @@
+"""The one exception tree of imgshare.
+
+Every error that imgshare raises on purpose derives from ``ImgshareError``; the CLI
+turns it into a one-line message and exit status 1. Errors from libraries
+(``InvalidTag``, ``ssl.SSLError``, ``sqlite3.Error``, ``OSError``) are translated at
+the boundary with ``raise ... from exc``.
+
+    ImgshareError
+    ├── ConfigError            bad setting, flag, file or argument given by the user
+    ├── CertificateError       generating, loading or checking certificates and keys
+    ├── ProtocolError          the imgshare wire protocol went wrong
+    │   ├── LocalProtocolError     we tried to do something the state machine forbids
+    │   └── RemoteProtocolError    the peer sent something malformed or out of order
+    │       ├── HandshakeError         key exchange, signature or Finished failed
+    │       └── IntegrityError         an AEAD tag or the image HMAC did not verify
+    ├── PeerError              the peer answered with a protocol error code
+    ├── ImageError             the bytes are not an acceptable image
+    ├── StorageError           the data folder or catalog failed
+    ├── AuthError              wrong credentials, or not allowed
+    └── TransportError         network, TLS or timeout failure
+
+Crypto failures are opaque on purpose: an ``IntegrityError`` never says which byte
+or which check failed.
+"""
+
+from __future__ import annotations
+
+
+class ImgshareError(Exception):
+    """Root of every error imgshare raises on purpose."""
+
+
+class ConfigError(ImgshareError):
+    """A setting, flag, file or argument given by the user is not usable."""
+
+
+class CertificateError(ImgshareError):
+    """A certificate or private key could not be made, loaded or trusted."""
+
+
+class ProtocolError(ImgshareError):
+    """The imgshare protocol went wrong.
+
+    ``code`` is the wire error code (see ``imgshare.protocol.wire.ErrorCode``) that
+    describes the failure to the peer.
+    """
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to do something the protocol state machine forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed, oversized or out of order."""
+
+
+class HandshakeError(RemoteProtocolError):
+    """The application handshake failed (key share, signature, Finished, version)."""
+
+
+class IntegrityError(RemoteProtocolError):
+    """An AEAD tag or the image HMAC did not verify. Deliberately says no more."""
+
+
+class PeerError(ImgshareError):
+    """The peer reported an error with a protocol error code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ImageError(ImgshareError):
+    """The bytes are not an image we accept (format, size, pixels, truncation)."""
+
+
+class StorageError(ImgshareError):
+    """The data folder, blob store or catalog failed."""
+
+
+class AuthError(ImgshareError):
+    """Wrong username or password, or the action is not allowed."""
+
+
+class TransportError(ImgshareError):
+    """The network connection, TLS or a timeout failed."""
