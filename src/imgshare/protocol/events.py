@@ -1,0 +1,213 @@
+"""Events: what a connection hands to its application and what the application sends.
+
+The same event classes travel both ways (as in h11): the client ``send``s an
+``UploadBegin`` and the server's ``next_event`` returns an equal ``UploadBegin``.
+Secret fields are kept out of ``repr`` so that logging an event never leaks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from imgshare.protocol import codec
+from imgshare.protocol.constants import (
+    HMAC_SIZE,
+    IMAGE_ID_SIZE,
+    RECEIPT_SIGNATURE_CONTEXT,
+    SIGNATURE_PAD,
+    ErrorCode,
+)
+from imgshare.protocol.stream import UploadHeader
+
+
+class Event:
+    """Base class of every protocol event."""
+
+    __slots__ = ()
+
+
+# --- both sides -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete(Event):
+    """Keys are agreed and confirmed both ways; sealed messages may flow."""
+
+    version: int
+    group: int
+    server_certificate: bytes = field(repr=False)
+    session_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Event):
+    """An error reported by the peer (or to be sent to it). Fatal errors end the session."""
+
+    code: ErrorCode
+    message: str = ""
+    fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(Event):
+    """The peer closed the byte stream at a message boundary."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk(Event):
+    """One sealed STREAM chunk of an image, exactly as it travels and is stored."""
+
+    index: int
+    data: bytes = field(repr=False)
+    last: bool
+
+
+# --- client -> server requests ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Login(Event):
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Event):
+    username: str
+    password: str = field(repr=False)
+    invitation: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogin(Event):
+    token: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadBegin(Event):
+    """Starts an upload: the content key travels wrapped by the session AEAD."""
+
+    header: UploadHeader
+    content_key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadEnd(Event):
+    hmac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Download(Event):
+    image_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListImages(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Share(Event):
+    image_id: bytes
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete(Event):
+    image_id: bytes
+
+
+# --- server -> client answers -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ok(Event):
+    """Success for a request that returns nothing else (register, share, delete)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoginOk(Event):
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadReady(Event):
+    """The server accepts the upload; chunks may follow, starting at ``next_chunk``."""
+
+    next_chunk: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptBody:
+    """What the server vouches for, signed: exactly which bytes it accepted and when."""
+
+    image_id: bytes
+    upload_id: bytes
+    size: int
+    hmac: bytes
+    header_sha256: bytes
+    server_time_ms: int
+    username: str
+
+    def encode(self) -> bytes:
+        return b"".join(
+            (
+                codec.u16(1),
+                self.image_id,
+                self.upload_id,
+                codec.u64(self.size),
+                self.hmac,
+                self.header_sha256,
+                codec.u64(self.server_time_ms),
+                codec.var8(self.username.encode("utf-8")),
+            )
+        )
+
+    def signed_content(self) -> bytes:
+        return SIGNATURE_PAD + RECEIPT_SIGNATURE_CONTEXT + b"\x00" + self.encode()
+
+    @property
+    def image_id_hex(self) -> str:
+        return self.image_id.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt(Event):
+    """The signed receipt: sent only once the image is durable."""
+
+    body: ReceiptBody
+    scheme: int
+    signature: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadBegin(Event):
+    """A download: the stored content key re-wrapped for this session, and the header."""
+
+    image_id: bytes
+    header: UploadHeader
+    content_key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadEnd(Event):
+    hmac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ImageEntry:
+    image_id: bytes
+    size: int
+    created_ms: int
+    hmac: bytes
+    owner: str
+    name: str
+
+    def __post_init__(self) -> None:
+        if len(self.image_id) != IMAGE_ID_SIZE or len(self.hmac) != HMAC_SIZE:
+            raise ValueError("image id is 16 bytes, hmac 32")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageList(Event):
+    images: tuple[ImageEntry, ...]
