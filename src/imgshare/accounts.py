@@ -1,0 +1,233 @@
+"""Minimal accounts: user names, argon2id password hashes, constant-answer logins.
+
+Password hashing: argon2id, time_cost=3, memory_cost=64 MiB, parallelism=1,
+16-byte salt, 32-byte hash. That is stronger than every OWASP option (the strongest
+is m=46 MiB, t=1, p=1) and is RFC 9106's second recommendation with one lane: about
+170 ms and 64 MiB per hash on the 2-core dev machine. One lane, because concurrency
+comes from the semaphore below rather than from threads inside one hash. Hashes made
+with other parameters are upgraded on the next successful login
+(``check_needs_rehash``).
+
+Logins give the same answer and take the same time whether the user is unknown or
+the password wrong: an unknown user is verified against a dummy hash made at start-up
+with the same parameters. At most ``max_concurrent_hashes`` hashes run at once (2 on
+this machine), so a login flood queues instead of exhausting memory.
+
+Passwords are NFKC-normalised (NIST SP 800-63B) so that the same password typed on
+different systems matches; their length (8..1024 characters) is checked after that.
+Passwords never appear in logs, reprs or error messages.
+
+Seam: per-account throttling plugs in through ``Throttle``; the default does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import re
+import secrets
+import threading
+import unicodedata
+from collections.abc import Iterator
+from typing import Protocol
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from imgshare.errors import AuthError, ConfigError, StorageError
+from imgshare.store.catalog import Catalog, DeletedImage, User, UserExistsError
+
+log = logging.getLogger(__name__)
+
+USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+ARGON2_TIME_COST = 3
+ARGON2_MEMORY_COST_KIB = 65536
+ARGON2_PARALLELISM = 1
+DEFAULT_MAX_CONCURRENT_HASHES = 2
+DEFAULT_HASH_WAIT_SECONDS = 30.0
+_AUTH_FAILED = "invalid username or password"
+
+
+def default_hasher() -> PasswordHasher:
+    """The argon2id hasher with the documented parameters."""
+    return PasswordHasher(
+        time_cost=ARGON2_TIME_COST,
+        memory_cost=ARGON2_MEMORY_COST_KIB,
+        parallelism=ARGON2_PARALLELISM,
+        hash_len=32,
+        salt_len=16,
+        type=Type.ID,
+    )
+
+
+class Throttle(Protocol):
+    """Per-account login throttling (a later issue). ``check`` raises ``AuthError``
+    to refuse an attempt; it must do so for unknown names too."""
+
+    def check(self, name: str) -> None: ...
+    def record(self, name: str, success: bool) -> None: ...
+
+
+class NoThrottle:
+    """The default ``Throttle``: allows everything."""
+
+    def check(self, name: str) -> None:
+        """Allow the attempt."""
+
+    def record(self, name: str, success: bool) -> None:
+        """Forget it."""
+
+
+def check_username(name: str) -> str:
+    """Return ``name`` if it is a valid user name; raise ``ConfigError`` otherwise."""
+    if not isinstance(name, str) or not USERNAME_RE.fullmatch(name):
+        raise ConfigError(
+            "a user name is 1 to 32 characters: lowercase letters, digits, '_', '.' "
+            "and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def _normalize_password(password: str) -> str | None:
+    """The NFKC form of an acceptable password, or ``None``."""
+    if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
+        return None
+    secret = unicodedata.normalize("NFKC", password)
+    if not MIN_PASSWORD_LENGTH <= len(secret) <= MAX_PASSWORD_LENGTH:
+        return None
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return None
+    return secret
+
+
+def _check_password(password: str) -> str:
+    secret = _normalize_password(password)
+    if secret is None:
+        raise ConfigError(
+            f"a password is {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters "
+            "of valid Unicode"
+        )
+    return secret
+
+
+class Accounts:
+    """Users and passwords over a ``Catalog``; thread-safe."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        hasher: PasswordHasher | None = None,
+        *,
+        max_concurrent_hashes: int = DEFAULT_MAX_CONCURRENT_HASHES,
+        hash_wait_seconds: float | None = DEFAULT_HASH_WAIT_SECONDS,
+        throttle: Throttle | None = None,
+    ) -> None:
+        """Computes one hash (the dummy for unknown users), so it takes ~170 ms."""
+        if max_concurrent_hashes < 1:
+            raise ConfigError("max_concurrent_hashes must be at least 1")
+        self._catalog = catalog
+        self._hasher = hasher or default_hasher()
+        self._slots = threading.BoundedSemaphore(max_concurrent_hashes)
+        self._hash_wait = hash_wait_seconds
+        self._throttle: Throttle = throttle or NoThrottle()
+        # Same parameters as real hashes, so an unknown user costs the same time.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(24))
+
+    def __repr__(self) -> str:
+        return f"Accounts({self._catalog!r})"
+
+    @contextlib.contextmanager
+    def _hash_slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self._hash_wait):
+            raise AuthError("too many logins at once; try again later")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def _hash(self, secret: str) -> str:
+        with self._hash_slot():
+            return self._hasher.hash(secret)
+
+    def _verify(self, stored_hash: str, secret: str) -> bool:
+        with self._hash_slot():
+            try:
+                return self._hasher.verify(stored_hash, secret)
+            except InvalidHashError:
+                log.error("a stored password hash is malformed")
+                return False
+            except VerificationError:  # includes VerifyMismatchError
+                return False
+
+    def add_user(self, name: str, password: str) -> User:
+        """Create a user. Raises ``ConfigError`` for a bad name or password,
+        ``UserExistsError`` if the name is taken, ``StorageError``."""
+        check_username(name)
+        secret = _check_password(password)
+        if self._catalog.get_user_by_name(name) is not None:
+            raise UserExistsError(f"user {name!r} already exists")
+        user = self._catalog.add_user(name, self._hash(secret))
+        log.info("added user %s", name)
+        return user
+
+    def set_password(self, name: str, password: str) -> None:
+        """Replace a user's password. Raises ``ConfigError`` (bad input, no such user)."""
+        check_username(name)
+        secret = _check_password(password)
+        user = self._catalog.get_user_by_name(name)
+        if user is None:
+            raise ConfigError(f"no user named {name!r}")
+        self._catalog.set_password_hash(user.id, self._hash(secret))
+        log.info("changed the password of user %s", name)
+
+    def remove_user(self, name: str, *, purge: bool = False) -> list[DeletedImage]:
+        """Remove a user; with ``purge`` also their images, returned for disk clean-up.
+
+        Raises ``ConfigError`` if there is no such user or they own images and
+        ``purge`` is false.
+        """
+        check_username(name)
+        removed = self._catalog.remove_user(name, purge=purge)
+        log.info("removed user %s (%d image(s))", name, len(removed))
+        return removed
+
+    def list_users(self) -> list[User]:
+        """All users, by name."""
+        return self._catalog.list_users()
+
+    def authenticate(self, name: str, password: str) -> User:
+        """Return the user if the password is right.
+
+        Raises ``AuthError("invalid username or password")`` alike for an unknown user,
+        a wrong password, and malformed input, after the same amount of hashing work;
+        ``AuthError`` also if the hash slots stay busy, ``StorageError``.
+        """
+        self._throttle.check(name)
+        secret = _normalize_password(password)
+        user = None
+        if secret is not None and isinstance(name, str) and USERNAME_RE.fullmatch(name):
+            user = self._catalog.get_user_by_name(name)
+        stored = user.password_hash if user is not None else self._dummy_hash
+        ok = self._verify(stored, secret if secret is not None else "-" * MIN_PASSWORD_LENGTH)
+        self._throttle.record(name, ok and user is not None)
+        if not ok or user is None or secret is None:
+            raise AuthError(_AUTH_FAILED)
+        if self._hasher.check_needs_rehash(stored):
+            user = self._rehash(user, secret)
+        return user
+
+    def _rehash(self, user: User, secret: str) -> User:
+        """Upgrade a hash made with old parameters; a failure does not fail the login."""
+        new_hash = self._hash(secret)
+        try:
+            self._catalog.set_password_hash(user.id, new_hash)
+        except StorageError as exc:
+            log.warning("could not upgrade the password hash of user %s: %s", user.name, exc)
+            return user
+        log.info("upgraded the password hash of user %s", user.name)
+        return dataclasses.replace(user, password_hash=new_hash)

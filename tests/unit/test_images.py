@@ -1,0 +1,248 @@
+"""Image validation with real images made by Pillow (and a hand-made bomb)."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageFile
+
+from imgshare.errors import ConfigError, ImageError, StorageError
+from imgshare.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageInfo,
+    ImagePolicy,
+    sniff_extension,
+    validate_image,
+)
+
+FORMATS = {
+    "JPEG": ("image/jpeg", "jpg"),
+    "PNG": ("image/png", "png"),
+    "GIF": ("image/gif", "gif"),
+    "WEBP": ("image/webp", "webp"),
+    "TIFF": ("image/tiff", "tif"),
+    "BMP": ("image/bmp", "bmp"),
+}
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def photo(width: int = 96, height: int = 64) -> Image.Image:
+    """A small picture with some detail, so lossy encoders emit real entropy data."""
+    rng = random.Random(7)
+    return Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+
+
+def zero_png(width: int, height: int) -> bytes:
+    """A complete 1-bit PNG of an all-black image, built by hand: huge pixel counts
+    compress about 1000:1, so a 900 Mpx bomb is ~100 KB."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0 + packed bits
+    rows_per_block = max(1, 4_000_000 // len(row))
+    compressor = zlib.compressobj(9)
+    parts = [compressor.compress(row * min(rows_per_block, height - start))
+             for start in range(0, height, rows_per_block)]  # fmt: skip
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", b"".join(parts))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_each_allowed_format_is_accepted(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"picture.{FORMATS[fmt][1]}"
+    photo().save(path, fmt)
+    expected = ImageInfo(fmt, 96, 64, *FORMATS[fmt])
+    assert validate_image(path) == expected
+    assert validate_image(str(path)) == expected
+    with path.open("rb") as fp:
+        assert validate_image(fp) == expected
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_sniff_extension_from_the_first_bytes(fmt: str) -> None:
+    head = encode(photo(), fmt)[:64]
+    assert sniff_extension(head) == FORMATS[fmt][1]
+    assert sniff_extension(head, ImagePolicy(formats=frozenset({fmt}))) == FORMATS[fmt][1]
+    others = frozenset(FORMATS) - {fmt}
+    assert sniff_extension(head, ImagePolicy(formats=others)) is None
+
+
+@pytest.mark.parametrize("head", [b"", b"hello", encode(photo(8, 8), "PCX")[:64]])
+def test_sniff_extension_of_non_images(head: bytes) -> None:
+    assert sniff_extension(head) is None
+
+
+def test_one_pixel_png() -> None:
+    data = encode(Image.new("RGB", (1, 1), "white"), "PNG")
+    assert validate_image(io.BytesIO(data)) == ImageInfo("PNG", 1, 1, "image/png", "png")
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_truncated_images_are_rejected(fmt: str) -> None:
+    data = encode(photo(), fmt)
+    with pytest.raises(ImageError, match=r"truncated or corrupt|unreadable"):
+        validate_image(io.BytesIO(data[: len(data) // 2]))
+
+
+def test_truncated_jpeg_is_rejected_although_verify_passes() -> None:
+    data = encode(photo(256, 256), "JPEG", quality=95)
+    cut = data[: len(data) // 2]
+    with Image.open(io.BytesIO(cut)) as image:
+        image.verify()  # Pillow's verify() is not enough: it accepts this
+    with pytest.raises(ImageError, match="truncated"):
+        validate_image(io.BytesIO(cut))
+
+
+def test_corrupt_png_is_rejected() -> None:
+    data = bytearray(encode(photo(), "PNG"))
+    data[len(data) // 2] ^= 0xFF  # inside IDAT: bad CRC, bad deflate data
+    with pytest.raises(ImageError):
+        validate_image(io.BytesIO(bytes(data)))
+
+
+def test_decompression_bomb_is_rejected_before_decoding() -> None:
+    bomb = zero_png(30_000, 30_000)
+    assert len(bomb) < 200_000
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=r"^image has 900000000 pixels \(30000x30000\)"):
+        validate_image(io.BytesIO(bomb))
+    assert time.perf_counter() - start < 0.5
+
+
+def test_own_limit_not_pillows_global_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 90 Mpx is above Pillow's global 89.5 Mpx warning threshold (an error under
+    # pytest's warnings filter) and within our 100 Mpx default.
+    assert validate_image(io.BytesIO(zero_png(10_000, 9_000))).width == 10_000
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert validate_image(io.BytesIO(encode(photo(), "PNG"))).height == 64
+
+
+def test_large_scanner_tiff_is_accepted(tmp_path: Path) -> None:
+    # 8192 x 8192 RGB = 67 Mpx: must pass the default limit (compressed to keep the
+    # test file small; the pixel count is what matters).
+    path = tmp_path / "scan.tif"
+    Image.new("RGB", (8192, 8192), (10, 20, 30)).save(path, "TIFF", compression="tiff_deflate")
+    info = validate_image(path)
+    assert (info.width, info.height) == (8192, 8192)
+    assert 8192 * 8192 < DEFAULT_MAX_PIXELS
+
+
+def test_pixel_limit_of_a_policy() -> None:
+    data = encode(photo(100, 100), "PNG")
+    assert validate_image(io.BytesIO(data), ImagePolicy(max_pixels=10_000)).width == 100
+    with pytest.raises(ImageError, match=r"image has 10000 pixels .* limit is 9999"):
+        validate_image(io.BytesIO(data), ImagePolicy(max_pixels=9_999))
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "PPM"])
+def test_formats_outside_the_allow_list_are_rejected(fmt: str) -> None:
+    with pytest.raises(ImageError, match="not an image in an accepted format"):
+        validate_image(io.BytesIO(encode(photo(32, 32), fmt)))
+
+
+def test_policy_can_narrow_the_allow_list() -> None:
+    policy = ImagePolicy(formats=frozenset({"png"}))
+    assert policy.formats == frozenset({"PNG"})
+    with pytest.raises(ImageError, match=r"accepted format \(PNG\)"):
+        validate_image(io.BytesIO(encode(photo(), "JPEG")), policy)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"just some text, not an image\n" * 20,
+        random.Random(1234).randbytes(4096),
+        b"",
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 100,
+        b"GIF89a" + b"\xff" * 10,
+    ],
+    ids=["text", "random", "empty", "png-magic-only", "gif-magic-only"],
+)
+def test_non_images_are_rejected(data: bytes) -> None:
+    with pytest.raises(ImageError):
+        validate_image(io.BytesIO(data))
+
+
+def test_text_file_path_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("the name says JPEG, the bytes do not")
+    with pytest.raises(ImageError, match="not an image"):
+        validate_image(path)
+
+
+def test_missing_file_is_a_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError):
+        validate_image(tmp_path / "absent.png")
+
+
+def animated_gif(frames: int, size: int = 50) -> bytes:
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+    images = [Image.new("RGB", (size, size), colors[i % len(colors)]) for i in range(frames)]
+    return encode(images[0], "GIF", save_all=True, append_images=images[1:], duration=50)
+
+
+def test_every_frame_is_decoded_and_limited() -> None:
+    data = animated_gif(3)
+    assert validate_image(io.BytesIO(data)).frames == 3
+    with pytest.raises(ImageError, match="3 frames, limit is 2"):
+        validate_image(io.BytesIO(data), ImagePolicy(max_frames=2))
+    policy = ImagePolicy(max_pixels=2_500, max_total_pixels=5_000)
+    with pytest.raises(ImageError, match="7500 pixels in all, limit is 5000"):
+        validate_image(io.BytesIO(data), policy)
+
+
+def test_truncated_last_frame_is_rejected() -> None:
+    frames = [photo(64, 64) for _ in range(3)]
+    frames[1:] = [frame.rotate(90 * i) for i, frame in enumerate(frames[1:], 1)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert validate_image(io.BytesIO(data)).frames == 3
+    with pytest.raises(ImageError, match="truncated"):
+        validate_image(io.BytesIO(data[: len(data) - 40]))  # inside the last frame
+
+
+def test_each_tiff_page_is_checked() -> None:
+    pages = [photo(10, 10), photo(200, 200)]
+    data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    assert validate_image(io.BytesIO(data)).frames == 2
+    with pytest.raises(ImageError, match=r"40000 pixels \(200x200\)"):
+        validate_image(io.BytesIO(data), ImagePolicy(max_pixels=10_000))
+
+
+def test_load_truncated_images_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(ConfigError, match="LOAD_TRUNCATED_IMAGES"):
+        validate_image(io.BytesIO(encode(photo(), "PNG")))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"formats": frozenset({"PCX"})},
+        {"formats": frozenset()},
+        {"max_pixels": 0},
+        {"max_frames": 0},
+        {"max_pixels": 100, "max_total_pixels": 99},
+    ],
+)
+def test_unusable_policies_are_config_errors(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        ImagePolicy(**options)  # type: ignore[arg-type]
