@@ -27,9 +27,14 @@ def cli() -> None:
 
 def _register_commands() -> None:
     # Imported here so that each command module can import `cli` helpers freely.
-    from imgshare.cli import certs
+    from imgshare.cli import certs, client, serve, users
 
     cli.add_command(certs.certs)
+    cli.add_command(serve.serve)
+    cli.add_command(users.user)
+    cli.add_command(client.send)
+    cli.add_command(client.get)
+    cli.add_command(client.list_images)
 
 
 _register_commands()

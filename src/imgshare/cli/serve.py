@@ -1,0 +1,84 @@
+"""`imgshare serve`: run the server on the embedded default or a config file."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from imgshare import logs
+from imgshare.config import DEFAULT_PORT, load_settings
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML file with settings (a [server] table or top-level keys).",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Data folder: catalog, objects, inbox, certificates, storage key. [default: ./data]",
+)
+@click.option("--host", help="Address to listen on. [default: 127.0.0.1]")
+@click.option("--port", type=int, help=f"TCP port (0 picks a free one). [default: {DEFAULT_PORT}]")
+@click.option(
+    "--cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Server certificate PEM (default: DATA/certs/server.pem, made on first start).",
+)
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False), help="Its private key PEM.")
+@click.option(
+    "--client-ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Require client certificates from this CA (mutual TLS).",
+)
+@click.option(
+    "--tls-min", type=click.Choice(["1.2", "1.3"]), help="Lowest TLS version. [default: 1.3]"
+)
+@click.option(
+    "--inbox/--no-inbox",
+    default=None,
+    help="Keep a decrypted copy in DATA/inbox/<user>/. [default: on]",
+)
+@click.option("--max-image-size", type=int, help="Largest image in bytes. [default: 268435456]")
+@click.option(
+    "--log-format",
+    type=click.Choice(["human", "json"]),
+    help="Log lines for people or machines. [default: human]",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[default: info]"
+)
+def serve(config_file: Path | None, **flags: Any) -> None:
+    """Serve images over TLS with end-to-end encryption.
+
+    Settings come from flags, then IMGSHARE_* environment variables (IMGSHARE_PORT,
+    IMGSHARE_DATA, ...), then the --config file, then defaults. On an empty data folder
+    the first start creates a CA and server certificate, the storage key and the
+    catalog. Stop with Ctrl-C or SIGTERM: uploads in flight get a grace period to
+    finish, the rest roll back.
+    """
+    from imgshare.server import build_server
+
+    settings = load_settings(config_file, overrides=flags)
+    logs.configure(settings.log_format, settings.log_level)
+    server = build_server(settings)
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        server.stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    host, port = server.address
+    click.echo(f"imgshare serving on {host}:{port} (data: {settings.data}); Ctrl-C stops", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.stop(settings.shutdown_grace)
+        server.service.catalog.close()

@@ -1,0 +1,336 @@
+"""A blocking client session: TLS, the application handshake, and one request at a time.
+
+The same sans-IO ``ClientConnection`` the tests drive in memory runs here over a real
+TLS socket. Library code raises and logs; only the CLI prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from cryptography import x509
+
+from imgshare import pki
+from imgshare.errors import (
+    CertificateError,
+    HandshakeError,
+    ImgshareError,
+    PeerError,
+    ProtocolError,
+    TransportError,
+)
+from imgshare.protocol import ClientConnection, Group, PinnedCertificate, StreamOpener, StreamSealer
+from imgshare.protocol import events as ev
+from imgshare.protocol.constants import DEFAULT_CHUNK_SIZE, ErrorCode
+from imgshare.protocol.keys import ServerVerifier, VerifyingKey, public_key_of
+from imgshare.protocol.stream import new_upload
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+
+
+def ca_verifier(trust_anchors: Sequence[x509.Certificate], hostname: str) -> ServerVerifier:
+    """Trust a server certificate that chains to our CA and names ``hostname``."""
+
+    def verify(certificate_der: bytes) -> VerifyingKey:
+        try:
+            pki.verify_server_certificate(certificate_der, trust_anchors, hostname)
+        except CertificateError as exc:
+            raise HandshakeError(str(exc), ErrorCode.HANDSHAKE_FAILED) from exc
+        return public_key_of(certificate_der)
+
+    return verify
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What the server vouched for, checked against what we sent."""
+
+    id: str
+    name: str
+    size: int
+    sha256: str
+    hmac: str
+    server_time_ms: int
+    receipt: ev.Receipt
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    id: str
+    name: str
+    size: int
+    sha256: str
+    hmac: str
+    path: Path
+
+
+def _peer_error(event: ev.Error) -> PeerError:
+    return PeerError(f"server: {event.message or event.code.name}", int(event.code))
+
+
+class ClientSession:
+    """One connection to an imgshare server. Use ``connect`` and close it (or ``with``)."""
+
+    def __init__(self, sock: ssl.SSLSocket, conn: ClientConnection) -> None:
+        self._sock = sock
+        self._conn = conn
+        self.username: str | None = None
+
+    @classmethod
+    def connect(
+        cls,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        *,
+        verifier: ServerVerifier | None = None,
+        group: Group = Group.X25519,
+        timeout: float = 60.0,
+    ) -> ClientSession:
+        """Connect, do TLS and the application handshake.
+
+        Without ``verifier`` the application layer trusts exactly the certificate the
+        TLS connection presented. Raises ``TransportError`` or ``HandshakeError``.
+        """
+        try:
+            raw = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+        try:
+            sock = ssl_context.wrap_socket(raw, server_hostname=host.strip("[]"))
+        except (ssl.SSLError, OSError) as exc:
+            raw.close()
+            raise TransportError(f"TLS with {host}:{port} failed: {_reason(exc)}") from exc
+        if verifier is None:
+            peer = sock.getpeercert(binary_form=True)
+            if not peer:
+                sock.close()
+                raise HandshakeError("the TLS peer sent no certificate", ErrorCode.HANDSHAKE_FAILED)
+            verifier = PinnedCertificate(peer)
+        session = cls(sock, ClientConnection(verifier, group=group))
+        try:
+            session._handshake()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def _handshake(self) -> None:
+        self._write(self._conn.initiate())
+        event = self._next_event()
+        if isinstance(event, ev.Error):
+            raise _peer_error(event)
+        if not isinstance(event, ev.HandshakeComplete):
+            raise HandshakeError("handshake did not complete", ErrorCode.HANDSHAKE_FAILED)
+        self._write(self._conn.data_to_send())
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self._sock.sendall(data)
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(f"connection lost while sending: {_reason(exc)}") from exc
+
+    def _next_event(self) -> ev.Event:
+        while True:
+            try:
+                event = self._conn.next_event()
+            except ProtocolError:
+                self._write_quietly(self._conn.data_to_send())
+                raise
+            if isinstance(event, ev.Event):
+                return event
+            self._write(self._conn.data_to_send())
+            try:
+                data = self._sock.recv(READ_SIZE)
+            except TimeoutError as exc:
+                raise TransportError("the server did not answer in time") from exc
+            except (OSError, ssl.SSLError) as exc:
+                raise TransportError(f"connection lost: {_reason(exc)}") from exc
+            self._conn.receive_data(data)
+
+    def _write_quietly(self, data: bytes) -> None:
+        try:
+            self._write(data)
+        except TransportError:
+            pass
+
+    def _answer(self, *expected: type[ev.Event]) -> ev.Event:
+        event = self._next_event()
+        if isinstance(event, ev.Error):
+            raise _peer_error(event)
+        if not isinstance(event, expected):
+            raise ProtocolError(
+                f"unexpected answer {type(event).__name__}", ErrorCode.UNEXPECTED_MESSAGE
+            )
+        return event
+
+    def _request(self, event: ev.Event) -> None:
+        self._write(self._conn.send(event) + self._conn.data_to_send())
+
+    # -- requests ------------------------------------------------------------------
+
+    def login(self, username: str, password: str) -> str:
+        """Log in; raises ``PeerError`` (AUTH_FAILED) for a wrong name or password."""
+        self._request(ev.Login(username, password))
+        answer = self._answer(ev.LoginOk)
+        assert isinstance(answer, ev.LoginOk)
+        self.username = answer.username
+        return answer.username
+
+    def upload(
+        self, path: Path, name: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> UploadResult:
+        """Send one image file end to end; return the checked receipt.
+
+        Raises ``PeerError`` if the server refuses it (not an image, quota...),
+        ``ImgshareError`` subclasses for everything else.
+        """
+        with _open_image(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                raise ImgshareError(f"{path} is empty")
+            header, content_key = new_upload(name or path.name, size, os.urandom, chunk_size)
+            self._request(ev.UploadBegin(header, content_key))
+            self._answer(ev.UploadReady)
+            sealer = StreamSealer(header, content_key)
+            digest = hashlib.sha256()
+            for index in range(header.chunk_count):
+                plaintext = handle.read(header.plaintext_length(index))
+                if len(plaintext) != header.plaintext_length(index):
+                    raise ImgshareError(f"{path} changed while it was being sent")
+                digest.update(plaintext)
+                chunk = ev.Chunk(index, sealer.seal(plaintext), index == header.chunk_count - 1)
+                self._write(self._conn.send(chunk))
+            mac = sealer.finish()
+        log.info("HMAC of image on client side: %s", mac.hex())
+        self._request(ev.UploadEnd(mac))
+        receipt = self._answer(ev.Receipt)
+        assert isinstance(receipt, ev.Receipt)  # its signature and fields were checked
+        return UploadResult(
+            id=receipt.body.image_id.hex(),
+            name=header.name,
+            size=size,
+            sha256=digest.hexdigest(),
+            hmac=mac.hex(),
+            server_time_ms=receipt.body.server_time_ms,
+            receipt=receipt,
+        )
+
+    def download(
+        self, image_id: str, destination: Path, *, overwrite: bool = False
+    ) -> DownloadResult:
+        """Fetch an image, check every chunk and the HMAC, then write ``destination``.
+
+        The file appears only complete and verified. Raises ``PeerError`` (NOT_FOUND),
+        ``IntegrityError`` for tampered data, ``ImgshareError`` for local problems.
+        """
+        try:
+            raw_id = bytes.fromhex(image_id)
+        except ValueError:
+            raw_id = b""
+        if len(raw_id) != 16:
+            raise ImgshareError(f"{image_id!r} is not an image id (32 hex digits)")
+        if destination.exists() and not overwrite:
+            raise ImgshareError(f"{destination} exists (use --force to overwrite)")
+        self._request(ev.Download(raw_id))
+        begin = self._answer(ev.DownloadBegin)
+        assert isinstance(begin, ev.DownloadBegin)
+        opener = StreamOpener(begin.header, begin.content_key)
+        digest = hashlib.sha256()
+        with _atomic_output(destination) as out:
+            while not opener.done:
+                chunk = self._next_event()
+                if not isinstance(chunk, ev.Chunk):
+                    raise ProtocolError("download interrupted", ErrorCode.UNEXPECTED_MESSAGE)
+                plaintext = opener.open(chunk.data)
+                digest.update(plaintext)
+                out.write(plaintext)
+            end = self._answer(ev.DownloadEnd)
+            assert isinstance(end, ev.DownloadEnd)
+            mac = opener.finish(end.hmac)
+        return DownloadResult(
+            id=image_id,
+            name=begin.header.name,
+            size=begin.header.size,
+            sha256=digest.hexdigest(),
+            hmac=mac.hex(),
+            path=destination,
+        )
+
+    def list_images(self) -> list[ev.ImageEntry]:
+        self._request(ev.ListImages())
+        answer = self._answer(ev.ImageList)
+        assert isinstance(answer, ev.ImageList)
+        return list(answer.images)
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
+
+
+@contextmanager
+def _open_image(path: Path) -> Iterator[BinaryIO]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ImgshareError(f"cannot read {path}: {exc.strerror}") from exc
+    with handle:
+        yield handle
+
+
+@contextmanager
+def _atomic_output(destination: Path) -> Iterator[BinaryIO]:
+    """A temp file beside ``destination``, renamed over it only if the block succeeds."""
+    folder = destination.parent if str(destination.parent) else Path(".")
+    try:
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{destination.name}.", suffix=".part")
+    except OSError as exc:
+        raise ImgshareError(f"cannot write in {folder}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, destination)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise

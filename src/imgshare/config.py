@@ -1,0 +1,188 @@
+"""Server settings: defaults < TOML file < ``IMGSHARE_*`` environment < command-line flags.
+
+One frozen dataclass names every setting once; the file keys, the environment
+variables (``IMGSHARE_`` + upper-case name) and the flags are all derived from its
+field names, so the three sources can never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgshare.errors import ConfigError
+
+ENV_PREFIX = "IMGSHARE_"
+DEFAULT_PORT = 8443
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Every server setting with its default. Sizes are bytes, times seconds."""
+
+    data: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    # TLS
+    cert: Path | None = None  # default DATA/certs/server.pem, created on first start
+    key: Path | None = None
+    key_passphrase_file: Path | None = None
+    client_ca: Path | None = None  # require client certificates from this CA
+    tls_min: str = "1.3"
+    # storage
+    inbox: bool = True
+    storage_key_file: Path | None = None  # default DATA/storage.key
+    # limits
+    max_connections: int = 2048
+    max_connections_per_address: int = 128
+    trusted_networks: tuple[str, ...] = (
+        "127.0.0.0/8",
+        "::1/128",
+    )  # exempt from the per-address cap
+    max_image_size: int = 256 * MIB
+    max_pixels: int = 100_000_000
+    quota_bytes: int = 10 * 1024 * MIB
+    max_login_failures: int = 5
+    # time
+    tls_handshake_timeout: float = 10.0
+    app_handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    transfer_timeout: float = 60.0
+    shutdown_grace: float = 10.0
+    # logging
+    log_format: str = "human"
+    log_level: str = "info"
+    extra_hosts: tuple[str, ...] = field(default=())  # more SANs for the first-start certificate
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, not {self.port}")
+        if self.tls_min not in ("1.2", "1.3"):
+            raise ConfigError(f"tls_min must be '1.2' or '1.3', not {self.tls_min!r}")
+        if self.log_format not in ("human", "json"):
+            raise ConfigError(f"log_format must be 'human' or 'json', not {self.log_format!r}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"log_level must be debug, info, warning or error, not {self.log_level!r}"
+            )
+        for name in (
+            "max_connections",
+            "max_connections_per_address",
+            "max_image_size",
+            "max_pixels",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in (
+            "tls_handshake_timeout",
+            "app_handshake_timeout",
+            "idle_timeout",
+            "transfer_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be more than 0 seconds")
+        for network in self.trusted_networks:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ConfigError(f"trusted_networks: {network!r} is not a network") from exc
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.data / "certs"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.cert or self.cert_dir / "server.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key or self.cert_dir / "server.key"
+
+    @property
+    def storage_key_path(self) -> Path:
+        return self.storage_key_file or self.data / "storage.key"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServerSettings)}
+_DEFAULTS = ServerSettings()
+_OPTIONAL_PATHS = frozenset({"cert", "key", "key_passphrase_file", "client_ca", "storage_key_file"})
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    """Turn a file or environment value into the field's type; clear error if it can't."""
+    default: Any = getattr(_DEFAULTS, name)
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, tuple):
+            items = value if isinstance(value, list) else str(value).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if isinstance(default, Path) or name in _OPTIONAL_PATHS:
+            return Path(str(value)) if value not in (None, "") else None
+        if isinstance(value, bool):  # TOML true is not a number
+            raise ValueError(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {name} has an invalid value {value!r}") from exc
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServerSettings:
+    """Merge defaults, the TOML file, ``IMGSHARE_*`` variables and flags (in that order).
+
+    Raises ``ConfigError`` for an unreadable file, an unknown key or a bad value.
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_from_file(config_file))
+    env = os.environ if environ is None else environ
+    for name in _FIELDS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _convert(name, raw, f"environment {ENV_PREFIX + name.upper()}")
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    return ServerSettings(**values)
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    section = raw.get("server", raw)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [server] must be a table")
+    unknown = sorted(set(section) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return {name: _convert(name, value, f"config file {path}") for name, value in section.items()}

@@ -1,0 +1,355 @@
+"""How bytes move: the listener, one thread per connection, TLS, timeouts and caps.
+
+Measured choice (DESIGN decision 8): a blocking thread per connection. Blocking TLS
+reads are more than twice as fast as asyncio's, and AES-GCM, hashing, Pillow's
+decoders and file writes all release the GIL, so a busy upload does not stall the
+others. An idle connection costs a sleeping thread and its small buffers.
+
+The accept loop only accepts: the TLS handshake runs on the connection's own thread
+with a deadline, so a silent TCP peer delays nobody.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from imgshare.errors import IntegrityError, LocalProtocolError, RemoteProtocolError, StorageError
+from imgshare.logs import fields
+from imgshare.protocol import Limits, ServerConnection, State
+from imgshare.protocol import events as ev
+from imgshare.protocol.constants import ErrorCode
+from imgshare.protocol.keys import SigningKey
+from imgshare.server.service import Service, Session
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING})
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    max_connections: int
+    max_connections_per_address: int
+    trusted_networks: Sequence[str]
+    tls_handshake_timeout: float
+    app_handshake_timeout: float
+    idle_timeout: float
+    transfer_timeout: float
+
+
+class ConnectionCaps:
+    """Counts connections in total and per address; trusted networks skip the latter."""
+
+    def __init__(self, total: int, per_address: int, trusted: Sequence[str]) -> None:
+        self._total = total
+        self._per_address = per_address
+        self._trusted = [ipaddress.ip_network(n) for n in trusted]
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def acquire(self, address: str) -> str | None:
+        """Count a new connection; return why it is refused, or None if it may stay."""
+        with self._lock:
+            if sum(self._counts.values()) >= self._total:
+                return "too many connections"
+            if self._counts[address] >= self._per_address and not self._is_trusted(address):
+                return "too many connections from this address"
+            self._counts[address] += 1
+            return None
+
+    def release(self, address: str) -> None:
+        with self._lock:
+            self._counts[address] -= 1
+            if self._counts[address] <= 0:
+                del self._counts[address]
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+
+class _Timeout(Exception):
+    pass
+
+
+class ConnectionHandler:
+    """One client connection, on its own thread, from TLS handshake to close."""
+
+    def __init__(self, server: Server, raw: socket.socket, address: tuple[str, int]) -> None:
+        self.server = server
+        self.raw = raw
+        self.address = address
+        self.peer = f"{address[0]}:{address[1]}"
+        self.conn: ServerConnection | None = None
+        self.busy = False
+        self._closed = threading.Event()
+
+    def abort(self) -> None:
+        """Cut the connection from another thread; the handler's blocking call returns."""
+        try:
+            socket.socket.shutdown(self.raw, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+    def run(self) -> None:
+        session: Session | None = None
+        tls: ssl.SSLSocket | None = None
+        try:
+            tls = self._tls_handshake()
+            if tls is None:
+                return
+            self.conn = self.server.new_connection()
+            session = Session(self.server.service, self.conn, tls.sendall, self.peer)
+            self._serve(tls, self.conn, session)
+        except (OSError, _Timeout) as exc:
+            log.debug("connection ended: %s", exc, extra=fields(peer=self.peer))
+        except Exception:  # a bug must end one connection, never the server
+            log.exception("internal error", extra=fields(peer=self.peer))
+        finally:
+            if session is not None:
+                session.close()
+            for sock in (tls, self.raw):
+                if sock is not None:
+                    try:
+                        sock.close()
+                    except OSError:
+                        pass
+            self.server.connection_ended(self)
+
+    def _tls_handshake(self) -> ssl.SSLSocket | None:
+        self.raw.settimeout(self.server.net.tls_handshake_timeout)
+        try:
+            tls = self.server.ssl_context.wrap_socket(
+                self.raw, server_side=True, do_handshake_on_connect=False
+            )
+            tls.do_handshake()
+        except (ssl.SSLError, OSError) as exc:
+            reason = (
+                "timeout" if isinstance(exc, TimeoutError) else getattr(exc, "reason", None) or exc
+            )
+            log.info("TLS handshake failed", extra=fields(peer=self.peer, reason=reason))
+            return None
+        log.info("connection", extra=fields(peer=self.peer, tls=tls.version()))
+        return tls
+
+    def _timeout_for(self, conn: ServerConnection, handshake_deadline: float) -> float:
+        if conn.state in (State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED):
+            remaining = handshake_deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Timeout("application handshake timeout")
+            return remaining
+        if conn.state in TRANSFER_STATES:
+            return self.server.net.transfer_timeout
+        return self.server.net.idle_timeout
+
+    def _serve(self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session) -> None:
+        deadline = time.monotonic() + self.server.net.app_handshake_timeout
+        buffer = bytearray(READ_SIZE)
+        view = memoryview(buffer)
+        while True:
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError as exc:
+                log.info("protocol error: %s", exc, extra=fields(peer=self.peer, code=exc.code))
+                tls.sendall(conn.data_to_send())
+                return
+            if not isinstance(event, ev.Event):  # NEED_DATA
+                _flush(tls, conn)
+                if self.server.stopping.is_set() and conn.state is State.IDLE:
+                    tls.sendall(
+                        conn.send(
+                            ev.Error(ErrorCode.SHUTTING_DOWN, "server is stopping", fatal=True)
+                        )
+                    )
+                    return
+                tls.settimeout(self._safe_timeout(tls, conn, deadline))
+                try:
+                    count = tls.recv_into(buffer)
+                except TimeoutError:
+                    self._send_timeout(tls, conn)
+                    return
+                conn.receive_data(bytes(view[:count]))
+                continue
+            if not self._dispatch(tls, conn, session, event):
+                return
+
+    def _safe_timeout(self, tls: ssl.SSLSocket, conn: ServerConnection, deadline: float) -> float:
+        try:
+            return self._timeout_for(conn, deadline)
+        except _Timeout:
+            self._send_timeout(tls, conn)
+            raise
+
+    def _send_timeout(self, tls: ssl.SSLSocket, conn: ServerConnection) -> None:
+        log.info("timeout", extra=fields(peer=self.peer, state=conn.state.value))
+        if conn.state not in (State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED, State.CLOSED):
+            try:
+                tls.sendall(conn.send(ev.Error(ErrorCode.TIMEOUT, "timed out", fatal=True)))
+            except (OSError, LocalProtocolError):
+                pass
+
+    def _dispatch(
+        self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session, event: ev.Event
+    ) -> bool:
+        """Handle one event; return False when the connection should end."""
+        if isinstance(event, ev.HandshakeComplete):
+            log.debug("app handshake complete", extra=fields(peer=self.peer))
+            _flush(tls, conn)
+            return True
+        if isinstance(event, ev.ConnectionClosed):
+            return False
+        if isinstance(event, ev.Error):
+            log.info(
+                "client reported error: %s",
+                event.message,
+                extra=fields(peer=self.peer, code=int(event.code)),
+            )
+            return not event.fatal
+        self.busy = True
+        try:
+            session.handle(event)
+        except IntegrityError as exc:
+            log.info("integrity failure: %s", exc, extra=fields(peer=self.peer))
+            tls.sendall(conn.send(ev.Error(ErrorCode.INTEGRITY_FAILED, str(exc), fatal=True)))
+            return False
+        except StorageError as exc:
+            log.error("storage failure: %s", exc, extra=fields(peer=self.peer))
+            tls.sendall(conn.send(ev.Error(ErrorCode.STORAGE_FAILED, "storage failed", fatal=True)))
+            return False
+        finally:
+            self.busy = conn.state not in (State.IDLE, State.CLOSED)
+        return conn.state is not State.CLOSED
+
+
+def _flush(tls: ssl.SSLSocket, conn: ServerConnection) -> None:
+    pending = conn.data_to_send()
+    if pending:
+        tls.sendall(pending)
+
+
+class Server:
+    """Accepts connections and runs a ``ConnectionHandler`` thread for each."""
+
+    def __init__(
+        self,
+        service: Service,
+        ssl_context: ssl.SSLContext,
+        certificate_der: bytes,
+        signing_key: SigningKey,
+        net: NetworkSettings,
+        limits: Limits,
+        listener: socket.socket,
+    ) -> None:
+        self.service = service
+        self.ssl_context = ssl_context
+        self.net = net
+        self.limits = limits
+        self._certificate_der = certificate_der
+        self._signing_key = signing_key
+        self._listener = listener
+        self._caps = ConnectionCaps(
+            net.max_connections, net.max_connections_per_address, net.trusted_networks
+        )
+        self._handlers: set[ConnectionHandler] = set()
+        self._lock = threading.Lock()
+        self._all_gone = threading.Condition(self._lock)
+        self.stopping = threading.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def new_connection(self) -> ServerConnection:
+        return ServerConnection(self._certificate_der, self._signing_key, limits=self.limits)
+
+    def serve_forever(self, poll_interval: float = 0.2) -> None:
+        """Accept until ``stop()``; the accepting thread never does a TLS handshake."""
+        self._listener.settimeout(poll_interval)
+        while not self.stopping.is_set():
+            try:
+                raw, address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if self.stopping.is_set():
+                    break
+                log.warning("accept failed: %s", exc)
+                time.sleep(poll_interval)  # e.g. out of file descriptors: don't spin
+                continue
+            self._start(raw, address)
+
+    def _start(self, raw: socket.socket, address: tuple[str, int]) -> None:
+        refusal = self._caps.acquire(address[0])
+        if refusal is not None:
+            log.info(
+                "connection refused: %s", refusal, extra=fields(peer=f"{address[0]}:{address[1]}")
+            )
+            raw.close()
+            return
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        handler = ConnectionHandler(self, raw, address)
+        with self._lock:
+            self._handlers.add(handler)
+        thread = threading.Thread(target=handler.run, name=f"conn-{handler.peer}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # cannot start a thread: refuse this one
+            log.error("cannot start a connection thread", extra=fields(peer=handler.peer))
+            raw.close()
+            self.connection_ended(handler)
+
+    def connection_ended(self, handler: ConnectionHandler) -> None:
+        with self._lock:
+            if handler in self._handlers:
+                self._handlers.discard(handler)
+                self._caps.release(handler.address[0])
+            if not self._handlers:
+                self._all_gone.notify_all()
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._handlers)
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting; cut idle connections; give transfers ``grace`` seconds."""
+        self.stopping.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        with self._lock:
+            handlers = list(self._handlers)
+        for handler in handlers:
+            if not handler.busy:
+                handler.abort()
+        deadline = time.monotonic() + grace
+        with self._lock:
+            while self._handlers and time.monotonic() < deadline:
+                self._all_gone.wait(timeout=max(0.0, deadline - time.monotonic()))
+            remaining = list(self._handlers)
+        for handler in remaining:
+            handler.abort()  # their uploads roll back in Session.close()
+        with self._lock:
+            end = time.monotonic() + 5.0
+            while self._handlers and time.monotonic() < end:
+                self._all_gone.wait(timeout=max(0.0, end - time.monotonic()))
+        log.info("stopped", extra=fields(rolled_back=len(remaining)))

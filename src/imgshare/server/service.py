@@ -1,0 +1,328 @@
+"""What a request does: login, upload, download and list, for one session.
+
+``Service`` holds what all sessions share (catalog, blob store, inbox, keys, limits);
+``Session`` answers the events of one connection. Neither touches a socket: the
+network layer feeds events in and sends the bytes handed to ``send``. The upload path
+keeps the order that makes "acknowledged means durable" true: object committed,
+inbox copy committed, catalog row committed, and only then the signed receipt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from imgshare import images
+from imgshare.accounts import Accounts
+from imgshare.errors import AuthError, ImageError, StorageError
+from imgshare.logs import fields
+from imgshare.protocol import ServerConnection, StreamOpener
+from imgshare.protocol import events as ev
+from imgshare.protocol.constants import ErrorCode
+from imgshare.store import (
+    AtomicFile,
+    BlobStore,
+    Catalog,
+    ImageRecord,
+    Inbox,
+    StorageKey,
+    User,
+    inbox_filename,
+)
+from imgshare.store.catalog import now_ms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    """Everything the sessions share. Thread-safe: every part is."""
+
+    catalog: Catalog
+    blobs: BlobStore
+    inbox: Inbox | None
+    storage_key: StorageKey
+    accounts: Accounts
+    image_policy: images.ImagePolicy
+    scratch_dir: Path
+    quota_bytes: int
+    max_login_failures: int = 5
+    validations: threading.BoundedSemaphore | None = None
+
+    def __post_init__(self) -> None:
+        if self.validations is None:
+            # Decoding holds a whole frame in memory; more decodes than cores buy nothing.
+            self.validations = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+
+
+class Upload:
+    """One image arriving: opened chunk by chunk, written sealed and in plaintext."""
+
+    def __init__(self, service: Service, user: User, begin: ev.UploadBegin) -> None:
+        self.service = service
+        self.user = user
+        self.header = begin.header
+        self.image_id = os.urandom(16)
+        self._content_key = begin.content_key
+        self._opener = StreamOpener(begin.header, begin.content_key)
+        self._sealed = service.blobs.create(self.image_id.hex())
+        self._plain: AtomicFile | None = None
+        self._scratch: BinaryIO | None = None
+        self._inbox_name: str | None = None
+        self.rejection: tuple[ErrorCode, str] | None = None
+
+    def add_chunk(self, data: bytes) -> None:
+        """Open, check and store one chunk. Raises ``IntegrityError`` (fatal)."""
+        plaintext = self._opener.open(data)
+        if self.rejection is not None:
+            return  # keep checking the stream, store nothing more
+        try:
+            if self._opener.next_index == 1:
+                self._open_plaintext(plaintext)
+            self._sealed.write(data)
+            self._write_plain(plaintext)
+        except StorageError as exc:
+            self._reject(ErrorCode.STORAGE_FAILED, str(exc))
+
+    def _open_plaintext(self, head: bytes) -> None:
+        extension = images.sniff_extension(head)
+        if extension is None:
+            self._reject(ErrorCode.NOT_AN_IMAGE, "not an image in an accepted format")
+            return
+        inbox = self.service.inbox
+        if inbox is not None:
+            self._inbox_name = inbox_filename(self.image_id.hex(), extension)
+            self._plain = inbox.create(self.user.name, self._inbox_name)
+        else:
+            self._scratch = tempfile.TemporaryFile(dir=self.service.scratch_dir)
+
+    def _write_plain(self, plaintext: bytes) -> None:
+        if self._plain is not None:
+            self._plain.write(plaintext)
+        elif self._scratch is not None:
+            try:
+                self._scratch.write(plaintext)
+            except OSError as exc:
+                raise StorageError(f"cannot write scratch file: {exc.strerror}") from exc
+
+    def _reject(self, code: ErrorCode, reason: str) -> None:
+        self.rejection = (code, reason)
+        self.abort()
+
+    def finish(self, end: ev.UploadEnd) -> ev.ReceiptBody:
+        """Check the HMAC, validate the image, make it durable; return the receipt body.
+
+        Raises ``IntegrityError`` (fatal), ``ImageError`` or ``StorageError`` (answered
+        with a non-fatal error); on any failure nothing of the upload remains.
+        """
+        try:
+            mac = self._opener.finish(end.hmac)
+            log.info(
+                "HMAC of image on server side: %s",
+                mac.hex(),
+                extra=fields(user=self.user.name, upload=self.header.upload_id.hex()),
+            )
+            if self.rejection is not None:
+                code, reason = self.rejection
+                raise (StorageError if code is ErrorCode.STORAGE_FAILED else ImageError)(reason)
+            info = self._validate()
+            self._sealed.commit()
+            if self._plain is not None:
+                self._plain.commit()
+            record = self._record(info, mac)
+            self.service.catalog.add_image(record)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._close_scratch()
+        return ev.ReceiptBody(
+            image_id=self.image_id,
+            upload_id=self.header.upload_id,
+            size=self.header.size,
+            hmac=mac,
+            header_sha256=hashlib.sha256(self.header.encode()).digest(),
+            server_time_ms=record.created_at,
+            username=self.user.name,
+        )
+
+    def _validate(self) -> images.ImageInfo:
+        semaphore = self.service.validations
+        assert semaphore is not None
+        with semaphore:
+            if self._plain is not None:
+                return images.validate_image(self._plain.tmp_path, self.service.image_policy)
+            assert self._scratch is not None
+            self._scratch.seek(0)
+            return images.validate_image(self._scratch, self.service.image_policy)
+
+    def _record(self, info: images.ImageInfo, mac: bytes) -> ImageRecord:
+        return ImageRecord(
+            id=self.image_id.hex(),
+            owner_id=self.user.id,
+            name=self.header.name,
+            size=self.header.size,
+            hmac=mac,
+            format=info.format,
+            width=info.width,
+            height=info.height,
+            header=self.header.encode(),
+            wrapped_key=self.service.storage_key.wrap(self._content_key, self.image_id),
+            inbox_name=self._inbox_name,
+            created_at=now_ms(),
+        )
+
+    def abort(self) -> None:
+        """Throw away everything written so far (idempotent)."""
+        self._sealed.abort()
+        if self._plain is not None:
+            self._plain.abort()
+        self._close_scratch()
+
+    def _close_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+
+
+class Session:
+    """Answers the requests of one connection. ``send`` carries bytes to the peer."""
+
+    def __init__(
+        self,
+        service: Service,
+        conn: ServerConnection,
+        send: Callable[[bytes], None],
+        peer: str,
+        *,
+        authenticated_user: User | None = None,
+    ) -> None:
+        self.service = service
+        self.conn = conn
+        self._send = send
+        self.peer = peer
+        self.user = authenticated_user
+        self.upload: Upload | None = None
+        self._login_failures = 0
+
+    def reply(self, event: ev.Event) -> None:
+        self._send(self.conn.send(event))
+
+    def fail(self, code: ErrorCode, message: str) -> None:
+        self.reply(ev.Error(code, message, fatal=False))
+
+    def handle(self, event: ev.Event) -> None:
+        """Answer one event. Raises ``IntegrityError`` for a tampered upload (fatal)."""
+        match event:
+            case ev.Login():
+                self._login(event)
+            case ev.UploadBegin():
+                self._upload_begin(event)
+            case ev.Chunk():
+                if self.upload is not None:
+                    self.upload.add_chunk(event.data)
+            case ev.UploadEnd():
+                self._upload_end(event)
+            case ev.Download():
+                self._download(event)
+            case ev.ListImages():
+                self._list()
+            case ev.Register() | ev.TokenLogin() | ev.Share() | ev.Delete():
+                self.fail(ErrorCode.UNSUPPORTED, f"{type(event).__name__} is not supported yet")
+
+    def close(self) -> None:
+        """The connection ended: a half-received upload leaves nothing behind."""
+        if self.upload is not None:
+            self.upload.abort()
+            self.upload = None
+
+    def _login(self, event: ev.Login) -> None:
+        try:
+            self.user = self.service.accounts.authenticate(event.username, event.password)
+        except AuthError:
+            self._login_failures += 1
+            log.info("login failed", extra=fields(peer=self.peer, failures=self._login_failures))
+            if self._login_failures >= self.service.max_login_failures:
+                self.reply(ev.Error(ErrorCode.AUTH_FAILED, "too many failed logins", fatal=True))
+                return
+            self.fail(ErrorCode.AUTH_FAILED, "invalid username or password")
+            return
+        log.info("login", extra=fields(peer=self.peer, user=self.user.name))
+        self.reply(ev.LoginOk(self.user.name))
+
+    def _upload_begin(self, event: ev.UploadBegin) -> None:
+        if self.user is None:
+            self.fail(ErrorCode.AUTH_REQUIRED, "log in first")
+            return
+        quota = self.service.quota_bytes
+        if quota and self.service.catalog.used_bytes(self.user.id) + event.header.size > quota:
+            log.info("upload rejected", extra=fields(user=self.user.name, reason="quota"))
+            self.fail(
+                ErrorCode.QUOTA_EXCEEDED, f"this upload would exceed your quota of {quota} bytes"
+            )
+            return
+        try:
+            self.upload = Upload(self.service, self.user, event)
+        except StorageError as exc:
+            log.error("cannot start upload: %s", exc, extra=fields(user=self.user.name))
+            self.fail(ErrorCode.STORAGE_FAILED, "the server cannot store images right now")
+            return
+        self.reply(ev.UploadReady(0))
+
+    def _upload_end(self, event: ev.UploadEnd) -> None:
+        upload, self.upload = self.upload, None
+        assert upload is not None and self.user is not None  # the state table guarantees it
+        context = fields(user=self.user.name, peer=self.peer, name=upload.header.name)
+        try:
+            body = upload.finish(event)
+        except ImageError as exc:
+            log.info("upload rejected: %s", exc, extra=context)
+            self.fail(ErrorCode.NOT_AN_IMAGE, str(exc))
+            return
+        except StorageError as exc:
+            log.error("upload not stored: %s", exc, extra=context)
+            self.fail(ErrorCode.STORAGE_FAILED, "the server could not store the image")
+            return
+        log.info(
+            "image received",
+            extra=fields(id=body.image_id.hex(), size=body.size, **context["fields"]),
+        )
+        self.reply(self.conn.sign_receipt(body))
+
+    def _download(self, event: ev.Download) -> None:
+        record = self.service.catalog.get_image(event.image_id.hex()) if self.user else None
+        if self.user is None:
+            self.fail(ErrorCode.AUTH_REQUIRED, "log in first")
+            return
+        if record is None or record.owner_id != self.user.id:
+            self.fail(ErrorCode.NOT_FOUND, "no such image")
+            return
+        from imgshare.protocol.stream import UploadHeader
+
+        header = UploadHeader.parse(record.header)
+        content_key = self.service.storage_key.unwrap(record.wrapped_key, event.image_id)
+        with self.service.blobs.open(record.id) as stored:
+            self.reply(ev.DownloadBegin(event.image_id, header, content_key))
+            for index in range(header.chunk_count):
+                data = stored.read(header.plaintext_length(index) + 16)
+                last = index == header.chunk_count - 1
+                self.reply(ev.Chunk(index, data, last))
+        self.reply(ev.DownloadEnd(record.hmac))
+        log.info("image sent", extra=fields(id=record.id, user=self.user.name, peer=self.peer))
+
+    def _list(self) -> None:
+        if self.user is None:
+            self.fail(ErrorCode.AUTH_REQUIRED, "log in first")
+            return
+        entries = tuple(
+            ev.ImageEntry(bytes.fromhex(r.id), r.size, r.created_at, r.hmac, self.user.name, r.name)
+            for r in self.service.catalog.list_images(self.user.id)[-1000:]
+        )
+        self.reply(ev.ImageList(entries))
