@@ -81,7 +81,7 @@ def remove(name: str, data: Path, purge: bool) -> None:
     paths = DataPaths(data)
     with open_catalog(data) as catalog:
         deleted = catalog.remove_user(name, purge=purge)
-    blobs, inbox = FileBlobStore(paths.objects), Inbox(paths.inbox)
+    blobs, inbox = FileBlobStore(paths.root), Inbox(paths.inbox)
     for image in deleted:
         blobs.delete(image.image_id)
         if image.inbox_name:

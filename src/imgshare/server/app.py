@@ -47,10 +47,6 @@ class DataPaths:
         return self.root / "catalog.sqlite3"
 
     @property
-    def objects(self) -> Path:
-        return self.root / "objects"
-
-    @property
     def inbox(self) -> Path:
         return self.root / "inbox"
 
@@ -115,7 +111,7 @@ def build_service(settings: ServerSettings, accounts: Accounts | None = None) ->
     """Open (or create) the data folder's stores and sweep what a crash left."""
     paths = DataPaths(settings.data)
     catalog = open_catalog(settings.data)
-    blobs = FileBlobStore(paths.objects)
+    blobs = FileBlobStore(paths.root)  # DATA/objects/, temp files in DATA/tmp/
     inbox = Inbox(paths.inbox) if settings.inbox else None
     try:
         paths.scratch.mkdir(mode=0o700, exist_ok=True)

@@ -25,7 +25,8 @@ from imgshare.errors import AuthError, ImageError, StorageError
 from imgshare.logs import fields
 from imgshare.protocol import ServerConnection, StreamOpener
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import ErrorCode
+from imgshare.protocol.constants import TAG_SIZE, ErrorCode
+from imgshare.protocol.stream import UploadHeader
 from imgshare.store import (
     AtomicFile,
     BlobStore,
@@ -86,6 +87,8 @@ class Upload:
         try:
             if self._opener.next_index == 1:
                 self._open_plaintext(plaintext)
+                if self.rejection is not None:
+                    return
             self._sealed.write(data)
             self._write_plain(plaintext)
         except StorageError as exc:
@@ -304,14 +307,14 @@ class Session:
         if record is None or record.owner_id != self.user.id:
             self.fail(ErrorCode.NOT_FOUND, "no such image")
             return
-        from imgshare.protocol.stream import UploadHeader
-
         header = UploadHeader.parse(record.header)
         content_key = self.service.storage_key.unwrap(record.wrapped_key, event.image_id)
         with self.service.blobs.open(record.id) as stored:
             self.reply(ev.DownloadBegin(event.image_id, header, content_key))
             for index in range(header.chunk_count):
-                data = stored.read(header.plaintext_length(index) + 16)
+                data = stored.read(header.plaintext_length(index) + TAG_SIZE)
+                if len(data) != header.plaintext_length(index) + TAG_SIZE:
+                    raise StorageError(f"stored object {record.id} is truncated")
                 last = index == header.chunk_count - 1
                 self.reply(ev.Chunk(index, data, last))
         self.reply(ev.DownloadEnd(record.hmac))
