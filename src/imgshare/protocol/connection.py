@@ -67,6 +67,12 @@ class Limits:
     max_handshake_record_size: int = 16 * 1024
     max_image_size: int = 256 * 1024 * 1024
 
+    def __post_init__(self) -> None:
+        if not 0 < self.max_handshake_record_size <= self.max_record_size:
+            raise ValueError("need 0 < max_handshake_record_size <= max_record_size")
+        if self.max_image_size < 1:
+            raise ValueError("max_image_size must be positive")
+
 
 def encode_record(record_type: RecordType, body: bytes) -> bytes:
     return _HEADER.pack(len(body) + 1, record_type) + body
@@ -91,6 +97,11 @@ class _Connection:
         self._transcript: list[bytes] = []
         self._version = 0
         self._group = Group.X25519
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Received bytes not yet turned into events (bounded by the record limit)."""
+        return len(self._inbox)
 
     @property
     def peer_role(self) -> Role:
@@ -122,6 +133,8 @@ class _Connection:
         except RemoteProtocolError as exc:
             self._fail(exc)
             raise
+        except LocalProtocolError:
+            raise
         except ImgshareError as exc:  # e.g. an injected verifier's own error
             failure = HandshakeError(str(exc), ErrorCode.HANDSHAKE_FAILED)
             self._fail(failure)
@@ -152,15 +165,15 @@ class _Connection:
             raise RemoteProtocolError(
                 f"record of {length} bytes exceeds limit {limit}", ErrorCode.TOO_LARGE
             )
-        end = RECORD_HEADER_SIZE - 1 + length
-        if len(self._inbox) < end:
-            return None
         try:
             record_type = RecordType(raw_type)
         except ValueError:
             raise RemoteProtocolError(
                 f"unknown record type {raw_type:#04x}", ErrorCode.MALFORMED
             ) from None
+        end = RECORD_HEADER_SIZE - 1 + length
+        if len(self._inbox) < end:
+            return None
         header = bytes(self._inbox[:RECORD_HEADER_SIZE])
         body = bytes(self._inbox[RECORD_HEADER_SIZE:end])
         del self._inbox[:end]
@@ -170,8 +183,13 @@ class _Connection:
         self, record_type: RecordType, header: bytes, body: bytes
     ) -> ev.Event | None:
         if record_type is RecordType.ALERT:
+            if self._recv_cipher is not None:
+                # Unauthenticated: after the handshake only a middlebox could have sent
+                # it, so neither its code nor its text may speak for the peer.
+                raise _unexpected("plaintext ALERT after the handshake")
+            alert = messages.parse_alert(body)
             self.state = State.CLOSED
-            return messages.parse_alert(body)
+            return alert
         if self._recv_cipher is None:
             return self._handle_handshake(record_type, header + body, body)
         if record_type is RecordType.SEALED:
@@ -197,12 +215,24 @@ class _Connection:
 
     def send(self, event: ev.Event) -> bytes:
         """Bytes that carry ``event``; raises ``LocalProtocolError`` if not allowed now."""
-        if self._send_cipher is None or self.state is State.CLOSED:
-            raise LocalProtocolError(f"cannot send {type(event).__name__} before the handshake")
-        self._advance(self.role, event, remote=False)
+        if self._send_cipher is None or self.state in _HANDSHAKE_STATES | {State.CLOSED}:
+            raise _illegal(self.state, type(event).__name__)
         if isinstance(event, ev.Chunk):
+            self._advance(self.role, event, remote=False)
             return encode_record(RecordType.CHUNK, event.data)
-        return self._seal(messages.encode_message(event))
+        plaintext = self._encode_checked(event)
+        self._advance(self.role, event, remote=False)
+        return self._seal(plaintext)
+
+    @staticmethod
+    def _encode_checked(event: ev.Event) -> bytes:
+        """Encode a message and parse it back: we never send what a peer must reject."""
+        try:
+            plaintext = messages.encode_message(event)
+            messages.parse_message(plaintext)
+        except (ValueError, TypeError, ProtocolError) as exc:
+            raise LocalProtocolError(f"cannot send {type(event).__name__}: {exc}") from exc
+        return plaintext
 
     def data_to_send(self) -> bytes:
         """Bytes the protocol produced by itself; send them after every call."""
@@ -238,6 +268,10 @@ class _Connection:
             raise _illegal(self.state, type(event).__name__)
         if isinstance(event, ev.UploadBegin | ev.DownloadBegin):
             self._start_stream(event.header, remote=remote)
+        elif isinstance(event, ev.UploadReady) and event.next_chunk != 0:
+            if remote:  # resuming is reserved (spec 7.5): v1 always starts at chunk 0
+                raise RemoteProtocolError("UPLOAD_READY next_chunk must be 0", ErrorCode.MALFORMED)
+            raise LocalProtocolError("UploadReady.next_chunk must be 0 in protocol v1")
         elif isinstance(event, ev.Chunk):
             self._check_chunk(event, remote=remote)
             self._chunk_index += 1
@@ -249,6 +283,10 @@ class _Connection:
                 f"image of {header.size} bytes exceeds the limit of "
                 f"{self.limits.max_image_size} bytes",
                 ErrorCode.TOO_LARGE,
+            )
+        if remote and header.chunk_size + TAG_SIZE + 1 > self.limits.max_record_size:
+            raise RemoteProtocolError(
+                f"chunk size {header.chunk_size} exceeds the record limit", ErrorCode.TOO_LARGE
             )
         self._stream = header
         self._chunk_index = 0
@@ -270,6 +308,18 @@ class _Connection:
             and chunk.last == (chunk.index == stream.chunk_count - 1)
         ):
             raise LocalProtocolError("chunk is not the next one of this stream, or wrong size")
+
+
+_HANDSHAKE_STATES = frozenset(
+    {
+        State.START,
+        State.WAIT_CLIENT_HELLO,
+        State.WAIT_SERVER_HELLO,
+        State.WAIT_SERVER_VERIFY,
+        State.WAIT_SERVER_FINISHED,
+        State.WAIT_CLIENT_FINISHED,
+    }
+)
 
 
 def _unexpected(what: str) -> RemoteProtocolError:
@@ -363,7 +413,14 @@ class ClientConnection(_Connection):
         shared = self._ephemeral.exchange(hello.key_share)
         self._transcript.append(record)
         self._keys = keys.derive_session_keys(shared, keys.transcript_hash(*self._transcript))
-        self._server_key = self._verifier(hello.certificate)
+        try:
+            self._server_key = self._verifier(hello.certificate)
+        except HandshakeError:
+            raise
+        except Exception as exc:  # an injected verifier may raise anything
+            raise HandshakeError(
+                f"server certificate not trusted: {exc}", ErrorCode.HANDSHAKE_FAILED
+            ) from exc
         self._server_certificate = hello.certificate
         self._version = hello.version
 
@@ -454,7 +511,6 @@ class ServerConnection(_Connection):
             k = self._pending_keys
             assert k is not None
             keys.check_finished(k.client_finished, keys.transcript_hash(*self._transcript), body)
-            self._send_cipher = keys.SessionCipher(k.server_to_client)
             self._recv_cipher = keys.SessionCipher(k.client_to_server)
             self._transcript.clear()
             self.state = State.IDLE
@@ -487,6 +543,9 @@ class ServerConnection(_Connection):
         self._transcript.append(finished_record)
         self._pending_keys = k
         self._outbox += hello_record + verify_record + finished_record
+        # The client may already be idle with keys: from now on our errors are sealed,
+        # so a plaintext ALERT after ServerFinished can only be a forgery.
+        self._send_cipher = keys.SessionCipher(k.server_to_client)
 
     def sign_receipt(self, body: ev.ReceiptBody) -> ev.Receipt:
         """Sign a receipt with the certificate key, to send once the image is durable."""

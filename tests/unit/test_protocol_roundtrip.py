@@ -1,0 +1,463 @@
+"""Client and server cores paired through an in-memory link (h11 ``tests/helpers.py``).
+
+Every conversation runs fed whole and fed one byte at a time (large streams in ragged
+pieces instead, so record edges still fall everywhere without 5 million calls).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from imgshare.errors import (
+    HandshakeError,
+    IntegrityError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from imgshare.protocol import (
+    ClientConnection,
+    ErrorCode,
+    Group,
+    PinnedCertificate,
+    ServerConnection,
+    State,
+    StreamOpener,
+    StreamSealer,
+    new_upload,
+)
+from imgshare.protocol import events as ev
+from protocol_helpers import (
+    SPLITS,
+    ConnectionPair,
+    SigningKey,
+    feed,
+    fixed_p256_key,
+    self_signed_certificate,
+)
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+
+
+@pytest.fixture(scope="module")
+def server_keys(rsa_key: rsa.RSAPrivateKey) -> dict[str, tuple[SigningKey, bytes]]:
+    keys: dict[str, SigningKey] = {
+        "ecdsa-p256": fixed_p256_key("roundtrip server"),
+        "rsa-3072": rsa_key,
+        "ed25519": ed25519.Ed25519PrivateKey.generate(),
+    }
+    return {name: (key, self_signed_certificate(key)) for name, key in keys.items()}
+
+
+PairFactory = Callable[..., ConnectionPair]
+
+
+@pytest.fixture(params=["whole", "bytewise"])
+def split_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_pair(server_keys: dict[str, tuple[SigningKey, bytes]]) -> PairFactory:
+    def make(
+        group: Group = Group.X25519, key: str = "ecdsa-p256", split: str = "whole"
+    ) -> ConnectionPair:
+        signing_key, certificate = server_keys[key]
+        client = ClientConnection(PinnedCertificate(certificate), group=group)
+        server = ServerConnection(certificate, signing_key)
+        return ConnectionPair(client, server, SPLITS[split])
+
+    return make
+
+
+@pytest.fixture
+def pair(make_pair: PairFactory, split_name: str) -> ConnectionPair:
+    """A pair whose handshake is done and whose user is logged in, fed whole or bytewise."""
+    p = make_pair(split=split_name)
+    p.handshake()
+    p.send(p.client, ev.Login("alice", "secret"))
+    p.send(p.server, ev.LoginOk("alice"))
+    assert p.client.state is p.server.state is State.IDLE
+    return p
+
+
+# --- handshake ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["ecdsa-p256", "rsa-3072", "ed25519"])
+@pytest.mark.parametrize("group", [Group.X25519, Group.SECP256R1], ids=lambda g: g.name)
+def test_handshake(make_pair: PairFactory, group: Group, key: str, split_name: str) -> None:
+    p = make_pair(group, key, split_name)
+    client_done, server_done = p.handshake()
+    assert client_done == server_done
+    assert client_done.group == group and client_done.version == 1
+    assert client_done.server_certificate == p.client.server_certificate
+    assert len(client_done.session_id) == 32
+    assert p.client.state is p.server.state is State.IDLE
+    assert p.client.data_to_send() == p.server.data_to_send() == b""
+    # The session keys work both ways.
+    p.send(p.client, ev.ListImages())
+    p.send(p.server, ev.ImageList(()))
+
+
+def test_two_handshakes_give_different_sessions(make_pair: PairFactory) -> None:
+    first, second = make_pair(), make_pair()
+    assert first.handshake()[0].session_id != second.handshake()[0].session_id
+
+
+def test_server_refuses_group_it_does_not_allow(
+    server_keys: dict[str, tuple[SigningKey, bytes]],
+) -> None:
+    key, certificate = server_keys["ecdsa-p256"]
+    client = ClientConnection(PinnedCertificate(certificate), group=Group.SECP256R1)
+    server = ServerConnection(certificate, key, groups=frozenset({Group.X25519}))
+    with pytest.raises(HandshakeError) as caught:
+        feed(server, client.initiate())
+    assert caught.value.code == ErrorCode.UNSUPPORTED_GROUP
+    # The client learns why from the ALERT.
+    (alert,) = feed(client, server.data_to_send())
+    assert alert == ev.Error(ErrorCode.UNSUPPORTED_GROUP, "key-exchange group not supported", True)
+    assert client.state is State.CLOSED
+
+
+def test_server_key_types_are_checked_at_construction() -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(ValueError):
+        ServerConnection(self_signed_certificate(p384), p384)
+
+
+# --- login, list, errors --------------------------------------------------------------
+
+
+def test_list(pair: ConnectionPair) -> None:
+    entries = tuple(
+        ev.ImageEntry(
+            bytes([i]) * 16, 1000 + i, 1_700_000_000_000 + i, bytes([i]) * 32, "bob", f"é{i}.png"
+        )
+        for i in range(3)
+    )
+    pair.send(pair.client, ev.ListImages())
+    assert pair.client.state is State.AWAIT_LIST
+    pair.send(pair.server, ev.ImageList(entries))
+    assert pair.client.state is pair.server.state is State.IDLE
+
+
+@pytest.mark.parametrize(
+    ("request_event", "waiting"),
+    [
+        (ev.Download(bytes(16)), State.AWAIT_DOWNLOAD),
+        (ev.Login("alice", "wrong"), State.AWAIT_LOGIN),
+        (ev.Share(bytes(16), "bob"), State.AWAIT_OK),
+        (ev.Delete(bytes(16)), State.AWAIT_OK),
+        (ev.Register("carol", "pw", b"invite"), State.AWAIT_OK),
+        (ev.TokenLogin(b"t" * 32), State.AWAIT_LOGIN),
+    ],
+)
+def test_non_fatal_error_answers_and_returns_to_idle(
+    pair: ConnectionPair, request_event: ev.Event, waiting: State
+) -> None:
+    pair.send(pair.client, request_event)
+    assert pair.client.state is pair.server.state is waiting
+    pair.send(pair.server, ev.Error(ErrorCode.NOT_FOUND, "no such image"))
+    assert pair.client.state is pair.server.state is State.IDLE
+    pair.send(pair.client, ev.ListImages())  # the session goes on
+    pair.send(pair.server, ev.ImageList(()))
+
+
+def test_non_fatal_error_answers_an_upload(pair: ConnectionPair) -> None:
+    header, key = new_upload("a.png", 10, random.Random(1).randbytes)
+    pair.send(pair.client, ev.UploadBegin(header, key))
+    pair.send(pair.server, ev.Error(ErrorCode.QUOTA_EXCEEDED, "quota"))
+    assert pair.client.state is pair.server.state is State.IDLE
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(ev.Chunk(0, bytes(26), True))
+
+
+def test_non_fatal_error_outside_a_request_is_refused(pair: ConnectionPair) -> None:
+    with pytest.raises(LocalProtocolError):
+        pair.server.send(ev.Error(ErrorCode.BUSY, "not now"))
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(ev.Error(ErrorCode.BUSY, "clients only send fatal errors"))
+
+
+def test_fatal_error_closes_both_sides(pair: ConnectionPair) -> None:
+    pair.send(pair.server, ev.Error(ErrorCode.SHUTTING_DOWN, "bye", fatal=True))
+    assert pair.client.state is pair.server.state is State.CLOSED
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(ev.ListImages())
+    with pytest.raises(LocalProtocolError):
+        pair.server.send(ev.Ok())
+    with pytest.raises(LocalProtocolError):
+        pair.client.next_event()
+
+
+def test_clean_eof_in_idle_is_connection_closed(pair: ConnectionPair) -> None:
+    for conn in (pair.client, pair.server):
+        conn.receive_data(b"")
+        assert conn.next_event() == ev.ConnectionClosed()
+        assert conn.state is State.CLOSED
+        with pytest.raises(LocalProtocolError):
+            conn.receive_data(b"more")
+
+
+def test_eof_while_waiting_for_an_answer_is_an_error(pair: ConnectionPair) -> None:
+    pair.send(pair.client, ev.ListImages())
+    pair.client.receive_data(b"")
+    with pytest.raises(RemoteProtocolError) as caught:
+        pair.client.next_event()
+    assert caught.value.code == ErrorCode.MALFORMED
+    assert pair.client.data_to_send()  # the sealed fatal ERROR, for a half-closed peer
+
+
+def test_eof_mid_upload_is_a_remote_protocol_error(pair: ConnectionPair) -> None:
+    header, key = new_upload("a.png", 3 * 4096, random.Random(2).randbytes, 4096)
+    sealer = StreamSealer(header, key)
+    pair.send(pair.client, ev.UploadBegin(header, key))
+    pair.send(pair.server, ev.UploadReady())
+    pair.send(pair.client, ev.Chunk(0, sealer.seal(bytes(4096)), False))
+    pair.server.receive_data(b"")
+    with pytest.raises(RemoteProtocolError) as caught:
+        pair.server.next_event()
+    assert caught.value.code == ErrorCode.MALFORMED
+    assert pair.server.state is State.CLOSED
+    (report,) = feed(pair.client, pair.server.data_to_send())
+    assert report == ev.Error(ErrorCode.MALFORMED, str(caught.value), fatal=True)
+
+
+# --- upload and download ---------------------------------------------------------------
+
+
+def upload(
+    pair: ConnectionPair, data: bytes, chunk_size: int = 1 << 18
+) -> tuple[ev.UploadBegin, list[bytes], ev.Receipt]:
+    """Upload ``data``; the server opens and HMAC-checks it. Returns what it stored."""
+    rng = random.Random(len(data)).randbytes
+    header, content_key = new_upload("photo.jpg", len(data), rng, chunk_size)
+    sealer = StreamSealer(header, content_key)
+    begin = ev.UploadBegin(header, content_key)
+    pair.send(pair.client, begin)
+    pair.send(pair.server, ev.UploadReady())
+    count = header.chunk_count
+    chunks = [
+        ev.Chunk(i, sealer.seal(data[i * chunk_size : (i + 1) * chunk_size]), i == count - 1)
+        for i in range(count)
+    ]
+    received = pair.send(pair.client, *chunks, ev.UploadEnd(sealer.finish()))
+    assert pair.client.state is pair.server.state is State.AWAIT_RECEIPT
+    end = received[-1]
+    assert isinstance(end, ev.UploadEnd)
+    stored = [c.data for c in received[:-1] if isinstance(c, ev.Chunk)]
+    opener = StreamOpener(header, content_key)
+    assert b"".join(opener.open(c) for c in stored) == data
+    mac = opener.finish(end.hmac)
+    body = ev.ReceiptBody(
+        image_id=bytes(range(16)),
+        upload_id=header.upload_id,
+        size=len(data),
+        hmac=mac,
+        header_sha256=hashlib.sha256(header.encode()).digest(),
+        server_time_ms=1_767_225_600_000,
+        username="alice",
+    )
+    receipt = pair.server.sign_receipt(body)
+    pair.send(pair.server, receipt)  # the client's core checks signature and contents
+    assert (pair.client.state, pair.server.state) == (State.IDLE, State.IDLE)
+    return begin, stored, receipt
+
+
+def download(pair: ConnectionPair, begin: ev.UploadBegin, stored: list[bytes], mac: bytes) -> bytes:
+    image_id = bytes(range(16))
+    pair.send(pair.client, ev.Download(image_id))
+    pair.send(pair.server, ev.DownloadBegin(image_id, begin.header, begin.content_key))
+    chunks = [ev.Chunk(i, data, i == len(stored) - 1) for i, data in enumerate(stored)]
+    received = pair.send(pair.server, *chunks, ev.DownloadEnd(mac))
+    assert pair.client.state is pair.server.state is State.IDLE
+    opener = StreamOpener(begin.header, begin.content_key)
+    plaintext = b"".join(opener.open(c.data) for c in received if isinstance(c, ev.Chunk))
+    end = received[-1]
+    assert isinstance(end, ev.DownloadEnd)
+    assert opener.finish(end.hmac) == mac
+    return plaintext
+
+
+@pytest.mark.parametrize("split", ["whole", "ragged"])
+def test_upload_and_download_5_mib(make_pair: PairFactory, split: str) -> None:
+    data = random.Random(5).randbytes(5 * MiB + 12345)
+    p = make_pair(split=split)
+    p.handshake()
+    begin, stored, receipt = upload(p, data)
+    assert len(stored) == 21  # default 256 KiB chunks, a short last one
+    assert receipt.body.size == len(data)
+    # The download sends the stored ciphertext verbatim, in a second session.
+    second = make_pair(split=split)
+    second.handshake()
+    assert download(second, begin, stored, receipt.body.hmac) == data
+
+
+@pytest.mark.parametrize("key", ["rsa-3072", "ed25519"])
+def test_receipt_signed_by_each_key_type(make_pair: PairFactory, key: str, split_name: str) -> None:
+    p = make_pair(Group.SECP256R1, key, split_name)
+    p.handshake()
+    data = random.Random(7).randbytes(10_000)
+    begin, stored, receipt = upload(p, data, chunk_size=4096)
+    assert len(stored) == 3
+    assert download(p, begin, stored, receipt.body.hmac) == data
+
+
+def test_single_chunk_image(pair: ConnectionPair) -> None:
+    begin, stored, receipt = upload(pair, b"x", chunk_size=4096)
+    assert len(stored) == 1 and len(stored[0]) == 1 + 16
+    assert download(pair, begin, stored, receipt.body.hmac) == b"x"
+
+
+def test_exact_multiple_of_chunk_size(pair: ConnectionPair) -> None:
+    data = bytes(2 * 4096)
+    begin, stored, receipt = upload(pair, data, chunk_size=4096)
+    assert [len(c) for c in stored] == [4096 + 16, 4096 + 16]
+    assert download(pair, begin, stored, receipt.body.hmac) == data
+
+
+def test_image_over_the_limit_is_refused(make_pair: PairFactory) -> None:
+    p = make_pair()
+    p.handshake()
+    header, key = new_upload("big.png", 256 * MiB + 1, random.Random(3).randbytes)
+    with pytest.raises(RemoteProtocolError) as caught:
+        feed(p.server, p.client.send(ev.UploadBegin(header, key)))
+    assert caught.value.code == ErrorCode.TOO_LARGE
+
+
+# --- the client's core checks what the server sends -----------------------------------
+
+
+def test_receipt_for_other_bytes_is_rejected(pair: ConnectionPair) -> None:
+    header, key = new_upload("a.png", 100, random.Random(4).randbytes, 4096)
+    sealer = StreamSealer(header, key)
+    pair.send(pair.client, ev.UploadBegin(header, key))
+    pair.send(pair.server, ev.UploadReady())
+    pair.send(
+        pair.client, ev.Chunk(0, sealer.seal(bytes(100)), True), ev.UploadEnd(sealer.finish())
+    )
+    body = ev.ReceiptBody(bytes(16), header.upload_id, 99, sealer.finish(), bytes(32), 0, "alice")
+    with pytest.raises(IntegrityError):
+        feed(pair.client, pair.server.send(pair.server.sign_receipt(body)))
+    assert pair.client.state is State.CLOSED
+
+
+def test_download_of_an_image_not_asked_for_is_rejected(pair: ConnectionPair) -> None:
+    header, key = new_upload("a.png", 100, random.Random(4).randbytes, 4096)
+    pair.send(pair.client, ev.Download(b"\x01" * 16))
+    with pytest.raises(RemoteProtocolError) as caught:
+        feed(pair.client, pair.server.send(ev.DownloadBegin(b"\x02" * 16, header, key)))
+    assert caught.value.code == ErrorCode.UNEXPECTED_MESSAGE
+
+
+# --- illegal local sends ---------------------------------------------------------------
+
+
+@pytest.fixture
+def uploading(pair: ConnectionPair) -> tuple[ConnectionPair, StreamSealer]:
+    header, key = new_upload("a.png", 2 * 4096 + 10, random.Random(6).randbytes, 4096)
+    pair.send(pair.client, ev.UploadBegin(header, key))
+    return pair, StreamSealer(header, key)
+
+
+def test_chunk_before_upload_ready(uploading: tuple[ConnectionPair, StreamSealer]) -> None:
+    pair, sealer = uploading
+    assert pair.client.state is State.AWAIT_UPLOAD_READY
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(ev.Chunk(0, sealer.seal(bytes(4096)), False))
+    assert pair.client.state is State.AWAIT_UPLOAD_READY
+
+
+@pytest.mark.parametrize(
+    ("index", "size", "last"),
+    [(0, 4095 + 16, False), (0, 4097 + 16, False), (1, 4096 + 16, False), (0, 4096 + 16, True)],
+    ids=["short", "long", "wrong-index", "wrong-last-flag"],
+)
+def test_chunk_not_the_next_one(
+    uploading: tuple[ConnectionPair, StreamSealer], index: int, size: int, last: bool
+) -> None:
+    pair, _ = uploading
+    pair.send(pair.server, ev.UploadReady())
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(ev.Chunk(index, bytes(size), last))
+    assert pair.client.state is State.UPLOADING
+    pair.client.send(ev.Chunk(0, bytes(4096 + 16), False))  # the right one still goes
+
+
+def test_upload_end_before_the_last_chunk(uploading: tuple[ConnectionPair, StreamSealer]) -> None:
+    pair, sealer = uploading
+    pair.send(pair.server, ev.UploadReady())
+    pair.send(pair.client, ev.Chunk(0, sealer.seal(bytes(4096)), False))
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(ev.UploadEnd(bytes(32)))
+    with pytest.raises(LocalProtocolError):
+        sealer.finish()
+
+
+def test_chunk_after_the_last_one(uploading: tuple[ConnectionPair, StreamSealer]) -> None:
+    pair, sealer = uploading
+    pair.send(pair.server, ev.UploadReady())
+    for i, size in enumerate((4096, 4096, 10)):
+        pair.send(pair.client, ev.Chunk(i, sealer.seal(bytes(size)), i == 2))
+    assert pair.client.state is State.UPLOADED
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(ev.Chunk(3, bytes(26), True))
+    with pytest.raises(LocalProtocolError):
+        sealer.seal(bytes(10))
+
+
+def test_sends_before_the_handshake(server_keys: dict[str, tuple[SigningKey, bytes]]) -> None:
+    key, certificate = server_keys["ecdsa-p256"]
+    client = ClientConnection(PinnedCertificate(certificate))
+    server = ServerConnection(certificate, key)
+    with pytest.raises(LocalProtocolError):
+        client.send(ev.Login("a", "b"))
+    client.initiate()
+    with pytest.raises(LocalProtocolError):
+        client.initiate()
+    with pytest.raises(LocalProtocolError):
+        server.send(ev.LoginOk("a"))
+
+
+@pytest.mark.parametrize(
+    ("sender", "event"),
+    [
+        ("server", ev.Login("a", "b")),
+        ("client", ev.LoginOk("a")),
+        ("client", ev.Ok()),
+        ("server", ev.Download(bytes(16))),
+        ("client", ev.UploadReady()),
+        ("client", ev.DownloadEnd(bytes(32))),
+        ("server", ev.UploadEnd(bytes(32))),
+        ("client", ev.ConnectionClosed()),
+        ("server", ev.HandshakeComplete(1, Group.X25519, b"", bytes(32))),
+    ],
+)
+def test_wrong_role_or_state(pair: ConnectionPair, sender: str, event: ev.Event) -> None:
+    conn = pair.client if sender == "client" else pair.server
+    with pytest.raises(LocalProtocolError):
+        conn.send(event)
+    assert conn.state is State.IDLE
+
+
+def test_one_request_at_a_time(pair: ConnectionPair) -> None:
+    pair.client.send(ev.ListImages())
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(ev.ListImages())
+
+
+def test_answer_of_the_wrong_kind(pair: ConnectionPair) -> None:
+    pair.send(pair.client, ev.ListImages())
+    with pytest.raises(LocalProtocolError):
+        pair.server.send(ev.Ok())
+    pair.send(pair.server, ev.ImageList(()))
