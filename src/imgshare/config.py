@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -83,14 +84,25 @@ class ServerSettings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        for name in ("quota_bytes",):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (none) or more")
+        if self.max_login_failures < 1:
+            raise ConfigError("max_login_failures must be at least 1")
         for name in (
             "tls_handshake_timeout",
             "app_handshake_timeout",
             "idle_timeout",
             "transfer_timeout",
+            "shutdown_grace",
         ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be more than 0 seconds")
+            seconds = getattr(self, name)
+            if (
+                not math.isfinite(seconds)
+                or seconds < 0
+                or (seconds == 0 and name != "shutdown_grace")
+            ):
+                raise ConfigError(f"{name} must be a finite number of seconds above 0")
         for network in self.trusted_networks:
             try:
                 ipaddress.ip_network(network)
@@ -135,11 +147,17 @@ def _convert(name: str, value: Any, source: str) -> Any:
         if isinstance(default, tuple):
             items = value if isinstance(value, list) else str(value).split(",")
             return tuple(str(item).strip() for item in items if str(item).strip())
-        if isinstance(default, Path) or name in _OPTIONAL_PATHS:
+        if isinstance(default, Path):
+            if str(value).strip() == "":
+                raise ValueError(value)
+            return Path(str(value))
+        if name in _OPTIONAL_PATHS:
             return Path(str(value)) if value not in (None, "") else None
         if isinstance(value, bool):  # TOML true is not a number
             raise ValueError(value)
         if isinstance(default, int):
+            if isinstance(value, float):  # 8443.9 is not a port: refuse, don't truncate
+                raise ValueError(value)
             return int(value)
         if isinstance(default, float):
             return float(value)
@@ -182,6 +200,9 @@ def _from_file(path: Path) -> dict[str, Any]:
     section = raw.get("server", raw)
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [server] must be a table")
+    if section is not raw and len(raw) > 1:
+        others = ", ".join(sorted(k for k in raw if k != "server"))
+        raise ConfigError(f"config file {path}: settings outside [server]: {others}")
     unknown = sorted(set(section) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")

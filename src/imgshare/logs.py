@@ -14,6 +14,18 @@ import sys
 import time
 from typing import Any, TextIO
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL[ord("\\")] = "\\\\"
+
+
+def escape(text: str) -> str:
+    """Make client-controlled text safe for a one-line log: no control characters.
+
+    A newline in an image name or an error text would otherwise forge a whole log
+    line (CWE-117); backslashes are doubled so an escape can't be faked either.
+    """
+    return text.translate(_CONTROL)
+
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
@@ -27,8 +39,8 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 class HumanFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{_timestamp(record)} {record.levelname:<7} {record.getMessage()}"
+        extra = " ".join(f"{k}={escape(str(v))}" for k, v in _fields(record).items())
+        line = f"{_timestamp(record)} {record.levelname:<7} {escape(record.getMessage())}"
         if extra:
             line = f"{line}  {extra}"
         if record.exc_info:
@@ -38,13 +50,13 @@ class HumanFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update(_fields(record))
+        entry: dict[str, Any] = _fields(record)
+        entry.update(  # last, so that no field can overwrite them
+            time=_timestamp(record),
+            level=record.levelname.lower(),
+            logger=record.name,
+            message=record.getMessage(),
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

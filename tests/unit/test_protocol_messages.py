@@ -33,7 +33,8 @@ headers = st.builds(
     nonce_prefix=st.binary(min_size=7, max_size=7),
     chunk_size=st.integers(4096, 1 << 20),
     size=st.integers(1, (1 << 64) - 1),
-    name=st.text(max_size=63),
+    # file names are metadata without control characters (spec 7.1)
+    name=st.text(st.characters(blacklist_categories=("Cc",)), max_size=63),
 )
 bodies = st.builds(ev.ReceiptBody, b16, b16, u64, b32, b32, u64, usernames)
 entries = st.builds(ev.ImageEntry, b16, u64, u64, b32, usernames, st.text(max_size=63))
@@ -197,6 +198,9 @@ def test_reader_rejects_overruns_and_leftovers() -> None:
         ({"size": 0}, False),
         ({"name": "n" * 255}, True),
         ({"name": "n" * 256}, False),
+        ({"name": "a\nb"}, False),
+        ({"name": "tab\there"}, False),
+        ({"name": "\x9b[31m"}, False),
         ({"upload_id": bytes(15)}, False),
         ({"nonce_prefix": bytes(8)}, False),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -68,15 +69,15 @@ def serve(config_file: Path | None, **flags: Any) -> None:
 
     settings = load_settings(config_file, overrides=flags)
     logs.configure(settings.log_format, settings.log_level)
-    server = build_server(settings)
+    # Handlers first: a supervisor may signal as soon as it sees "listening on".
+    stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        server.stopping.set()
+        stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    host, port = server.address
-    click.echo(f"imgshare serving on {host}:{port} (data: {settings.data}); Ctrl-C stops", err=True)
+    server = build_server(settings, stop=stop)
     try:
         server.serve_forever()
     finally:

@@ -32,7 +32,7 @@ from imgshare.errors import (
 )
 from imgshare.protocol import ClientConnection, Group, PinnedCertificate, StreamOpener, StreamSealer
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import DEFAULT_CHUNK_SIZE, ErrorCode
+from imgshare.protocol.constants import DEFAULT_CHUNK_SIZE, MAX_NAME_BYTES, ErrorCode
 from imgshare.protocol.keys import ServerVerifier, VerifyingKey, public_key_of
 from imgshare.protocol.stream import new_upload
 
@@ -206,7 +206,9 @@ class ClientSession:
             size = os.fstat(handle.fileno()).st_size
             if size == 0:
                 raise ImgshareError(f"{path} is empty")
-            header, content_key = new_upload(name or path.name, size, os.urandom, chunk_size)
+            header, content_key = new_upload(
+                clean_name(name or path.name), size, os.urandom, chunk_size
+            )
             self._request(ev.UploadBegin(header, content_key))
             self._answer(ev.UploadReady)
             sealer = StreamSealer(header, content_key)
@@ -298,6 +300,12 @@ class ClientSession:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def clean_name(name: str) -> str:
+    """A file name as upload metadata: control characters replaced, at most 255 bytes."""
+    cleaned = "".join("?" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in name)
+    return cleaned.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", "ignore")
 
 
 def _reason(exc: BaseException) -> str:

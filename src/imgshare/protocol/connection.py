@@ -215,7 +215,9 @@ class _Connection:
 
     def send(self, event: ev.Event) -> bytes:
         """Bytes that carry ``event``; raises ``LocalProtocolError`` if not allowed now."""
-        if self._send_cipher is None or self.state in _HANDSHAKE_STATES | {State.CLOSED}:
+        if self.state is State.CLOSED:
+            raise LocalProtocolError(f"cannot send {type(event).__name__}: connection is closed")
+        if self._send_cipher is None or self.state in _HANDSHAKE_STATES:
             raise _illegal(self.state, type(event).__name__)
         if isinstance(event, ev.Chunk):
             self._advance(self.role, event, remote=False)

@@ -70,6 +70,8 @@ class UploadHeader:
             raise ValueError("an image has at least one byte")
         if len(self.name.encode("utf-8")) > MAX_NAME_BYTES:
             raise ValueError(f"name longer than {MAX_NAME_BYTES} bytes")
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in self.name):
+            raise ValueError("name has control characters")
 
     @property
     def chunk_count(self) -> int:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import serialization
 
 from imgshare import images, pki, tls
@@ -107,7 +109,9 @@ def _certificates(settings: ServerSettings) -> None:
         raise ConfigError("give both --cert and --key, or neither")
 
 
-def build_service(settings: ServerSettings, accounts: Accounts | None = None) -> Service:
+def build_service(
+    settings: ServerSettings, password_hasher: PasswordHasher | None = None
+) -> Service:
     """Open (or create) the data folder's stores and sweep what a crash left."""
     paths = DataPaths(settings.data)
     catalog = open_catalog(settings.data)
@@ -125,7 +129,7 @@ def build_service(settings: ServerSettings, accounts: Accounts | None = None) ->
         blobs=blobs,
         inbox=inbox,
         storage_key=_storage_key(settings),
-        accounts=accounts or Accounts(catalog),
+        accounts=Accounts(catalog, hasher=password_hasher),
         image_policy=images.ImagePolicy(max_pixels=settings.max_pixels),
         scratch_dir=paths.scratch,
         quota_bytes=settings.quota_bytes,
@@ -146,8 +150,18 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def build_server(settings: ServerSettings, accounts: Accounts | None = None) -> Server:
-    """A ready-to-serve ``Server`` (listening already, so ``address`` is known)."""
+def build_server(
+    settings: ServerSettings,
+    password_hasher: PasswordHasher | None = None,
+    *,
+    stop: threading.Event | None = None,
+) -> Server:
+    """A ready-to-serve ``Server`` (listening already, so ``address`` is known).
+
+    ``password_hasher`` replaces the argon2id defaults (tests use cheap parameters).
+    ``stop``, if given, becomes the server's stop flag: setting it (from a signal
+    handler, even before this returns) makes ``serve_forever`` return.
+    """
     _make_data_dir(settings.data)
     _certificates(settings)
     certificate_der, signing_key, passphrase = _signing_identity(settings)
@@ -158,7 +172,7 @@ def build_server(settings: ServerSettings, accounts: Accounts | None = None) -> 
         client_ca=settings.client_ca,
         min_version="1.2" if settings.tls_min == "1.2" else "1.3",
     )
-    service = build_service(settings, accounts)
+    service = build_service(settings, password_hasher)
     net = NetworkSettings(
         max_connections=settings.max_connections,
         max_connections_per_address=settings.max_connections_per_address,
@@ -177,6 +191,7 @@ def build_server(settings: ServerSettings, accounts: Accounts | None = None) -> 
         net,
         limits,
         _listen(settings.host, settings.port),
+        stopping=stop,
     )
     host, port = server.address
     log.info(

@@ -139,6 +139,7 @@ class ConnectionHandler:
             tls = self.server.ssl_context.wrap_socket(
                 self.raw, server_side=True, do_handshake_on_connect=False
             )
+            self.raw = tls  # wrap_socket detached raw: abort() and close() must use tls
             tls.do_handshake()
         except (ssl.SSLError, OSError) as exc:
             reason = (
@@ -256,6 +257,8 @@ class Server:
         net: NetworkSettings,
         limits: Limits,
         listener: socket.socket,
+        *,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.service = service
         self.ssl_context = ssl_context
@@ -270,7 +273,7 @@ class Server:
         self._handlers: set[ConnectionHandler] = set()
         self._lock = threading.Lock()
         self._all_gone = threading.Condition(self._lock)
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
 
     @property
     def address(self) -> tuple[str, int]:

@@ -168,7 +168,13 @@ def _image(row: tuple[Any, ...]) -> ImageRecord:
 def _create_private_file(path: Path) -> None:
     # SQLite would create the file with the umask's mode (often 0644); it then gives
     # the -wal and -shm files the database file's mode.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # O_EXCL: never open (and close) an existing database file. Closing any descriptor
+    # of a file drops all of this process's POSIX locks on it, SQLite's included
+    # (sqlite.org/howtocorrupt.html, 2.2), which let another process pull the WAL away.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
     os.close(fd)
 
 
