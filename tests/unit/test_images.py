@@ -246,3 +246,39 @@ def test_load_truncated_images_setting_is_refused(monkeypatch: pytest.MonkeyPatc
 def test_unusable_policies_are_config_errors(options: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         ImagePolicy(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP"])
+def test_uncompressed_image_missing_its_last_byte_is_rejected(fmt: str) -> None:
+    data = encode(photo(64, 48), fmt)
+    assert validate_image(io.BytesIO(data)).format == fmt
+    with pytest.raises(ImageError, match="truncated"):
+        validate_image(io.BytesIO(data[:-1] if fmt == "BMP" else _cut_pixels(data)))
+
+
+def _cut_pixels(tiff: bytes) -> bytes:
+    """A TIFF whose strip is one byte short (Pillow writes the IFD after the pixels)."""
+    with Image.open(io.BytesIO(tiff)) as image:
+        offset = image.tile[0][2]
+    pixels_end = offset + 64 * 48 * 3
+    return tiff[: pixels_end - 1] + tiff[pixels_end:]
+
+
+def test_big_uncompressed_tiff_is_checked_without_decoding_it(tmp_path: Path) -> None:
+    """A 6000x6000 RGB TIFF needs 144 MB to decode; its bytes alone prove it sound."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "scan.tif"
+    Image.new("RGB", (6000, 6000), "gray").save(path)
+    script = (
+        "import sys; from imgshare.images import validate_image; "
+        "info = validate_image(sys.argv[1]); "
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+        "print(info.width, info.height, int(hwm.split()[1]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[:2] == ["6000", "6000"]
+    assert int(out[2]) < 100 * 1024, f"peak RSS {out[2]} KiB: the pixels were decoded"

@@ -34,7 +34,7 @@ headers = st.builds(
     chunk_size=st.integers(4096, 1 << 20),
     size=st.integers(1, (1 << 64) - 1),
     # file names are metadata without control characters (spec 7.1)
-    name=st.text(st.characters(blacklist_categories=("Cc",)), max_size=63),
+    name=st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=63),
 )
 bodies = st.builds(ev.ReceiptBody, b16, b16, u64, b32, b32, u64, usernames)
 entries = st.builds(ev.ImageEntry, b16, u64, u64, b32, usernames, st.text(max_size=63))

@@ -31,7 +31,12 @@ from imgshare.server.service import Service, Session
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
+#: Idle and control traffic: one TLS record's worth, so idle connections stay small.
+SMALL_READ = 16 * 1024
+#: While an image streams: a whole default chunk record per read loop.
+TRANSFER_READ = 256 * 1024 + 64
+#: How often a read wakes up to look for a failure in the upload pipeline.
+PIPELINE_POLL = 0.05
 TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING})
 
 
@@ -99,7 +104,8 @@ class ConnectionHandler:
         self.peer = f"{address[0]}:{address[1]}"
         self.conn: ServerConnection | None = None
         self.busy = False
-        self._closed = threading.Event()
+        self._small_buffer: memoryview | None = None
+        self._transfer_buffer: memoryview | None = None
 
     def abort(self) -> None:
         """Cut the connection from another thread; the handler's blocking call returns."""
@@ -162,8 +168,6 @@ class ConnectionHandler:
 
     def _serve(self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session) -> None:
         deadline = time.monotonic() + self.server.net.app_handshake_timeout
-        buffer = bytearray(READ_SIZE)
-        view = memoryview(buffer)
         while True:
             try:
                 event = conn.next_event()
@@ -171,32 +175,78 @@ class ConnectionHandler:
                 log.info("protocol error: %s", exc, extra=fields(peer=self.peer, code=exc.code))
                 tls.sendall(conn.data_to_send())
                 return
-            if not isinstance(event, ev.Event):  # NEED_DATA
-                _flush(tls, conn)
-                if self.server.stopping.is_set() and conn.state is State.IDLE:
-                    tls.sendall(
-                        conn.send(
-                            ev.Error(ErrorCode.SHUTTING_DOWN, "server is stopping", fatal=True)
-                        )
-                    )
+            if isinstance(event, ev.Event):
+                if not self._dispatch(tls, conn, session, event):
                     return
-                tls.settimeout(self._safe_timeout(tls, conn, deadline))
-                try:
-                    count = tls.recv_into(buffer)
-                except TimeoutError:
-                    self._send_timeout(tls, conn)
-                    return
-                conn.receive_data(bytes(view[:count]))
                 continue
-            if not self._dispatch(tls, conn, session, event):
+            _flush(tls, conn)
+            if self.server.stopping.is_set() and conn.state is State.IDLE:
+                stopping = ev.Error(ErrorCode.SHUTTING_DOWN, "server is stopping", fatal=True)
+                tls.sendall(conn.send(stopping))
                 return
+            try:
+                data = self._read(tls, conn, session, self._timeout_for(conn, deadline))
+            except (TimeoutError, _Timeout):
+                self._send_timeout(tls, conn)
+                return
+            except (IntegrityError, StorageError) as exc:  # found by an upload pipeline
+                self._fatal(tls, conn, exc)
+                return
+            conn.receive_data(data)
 
-    def _safe_timeout(self, tls: ssl.SSLSocket, conn: ServerConnection, deadline: float) -> float:
-        try:
-            return self._timeout_for(conn, deadline)
-        except _Timeout:
-            self._send_timeout(tls, conn)
-            raise
+    def _read(
+        self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session, timeout: float
+    ) -> memoryview:
+        """Bytes from the peer (empty at end of stream).
+
+        While an image streams, fill a reused buffer with the rest of the current
+        record in a tight loop (TLS hands out at most 16 KiB a call); otherwise read
+        one small piece, so that an idle connection holds no big buffer.
+        """
+        wanted = conn.bytes_wanted
+        if conn.state in TRANSFER_STATES and wanted > SMALL_READ:
+            if self._transfer_buffer is None:
+                self._transfer_buffer = memoryview(bytearray(TRANSFER_READ))
+            view, fill = self._transfer_buffer[: min(wanted, TRANSFER_READ)], True
+        else:
+            self._transfer_buffer = None
+            if self._small_buffer is None:
+                self._small_buffer = memoryview(bytearray(SMALL_READ))
+            view, fill = self._small_buffer, False
+        got = 0
+        while True:
+            count = self._recv_into(tls, view[got:], session, timeout)
+            got += count
+            if count == 0 or not fill or got == len(view):
+                return view[:got]
+
+    @staticmethod
+    def _recv_into(tls: ssl.SSLSocket, view: memoryview, session: Session, timeout: float) -> int:
+        """``recv_into`` that, while an upload pipeline runs, wakes up every
+        ``PIPELINE_POLL`` seconds to raise what the pipeline found (a tampered chunk),
+        so the peer hears of it at once even if it waits for our answer."""
+        if session.upload is None:
+            tls.settimeout(timeout)
+            return tls.recv_into(view)
+        end = time.monotonic() + timeout
+        tls.settimeout(min(PIPELINE_POLL, timeout))
+        while True:
+            try:
+                return tls.recv_into(view)
+            except TimeoutError:
+                session.check_upload()
+                if time.monotonic() >= end:
+                    raise
+
+    def _fatal(self, tls: ssl.SSLSocket, conn: ServerConnection, exc: Exception) -> None:
+        """Report a failure of the session's own work to the peer, fatally."""
+        if isinstance(exc, IntegrityError):
+            log.info("integrity failure: %s", exc, extra=fields(peer=self.peer))
+            error = ev.Error(ErrorCode.INTEGRITY_FAILED, str(exc), fatal=True)
+        else:
+            log.error("storage failure: %s", exc, extra=fields(peer=self.peer))
+            error = ev.Error(ErrorCode.STORAGE_FAILED, "storage failed", fatal=True)
+        tls.sendall(conn.send(error))
 
     def _send_timeout(self, tls: ssl.SSLSocket, conn: ServerConnection) -> None:
         log.info("timeout", extra=fields(peer=self.peer, state=conn.state.value))
@@ -226,13 +276,8 @@ class ConnectionHandler:
         self.busy = True
         try:
             session.handle(event)
-        except IntegrityError as exc:
-            log.info("integrity failure: %s", exc, extra=fields(peer=self.peer))
-            tls.sendall(conn.send(ev.Error(ErrorCode.INTEGRITY_FAILED, str(exc), fatal=True)))
-            return False
-        except StorageError as exc:
-            log.error("storage failure: %s", exc, extra=fields(peer=self.peer))
-            tls.sendall(conn.send(ev.Error(ErrorCode.STORAGE_FAILED, "storage failed", fatal=True)))
+        except (IntegrityError, StorageError) as exc:
+            self._fatal(tls, conn, exc)
             return False
         finally:
             self.busy = conn.state not in (State.IDLE, State.CLOSED)

@@ -27,6 +27,7 @@ from imgshare.protocol import ServerConnection, StreamOpener
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import TAG_SIZE, ErrorCode
 from imgshare.protocol.stream import UploadHeader
+from imgshare.server.pipeline import Pipeline
 from imgshare.store import (
     AtomicFile,
     BlobStore,
@@ -78,9 +79,19 @@ class Upload:
         self._scratch: BinaryIO | None = None
         self._inbox_name: str | None = None
         self.rejection: tuple[ErrorCode, str] | None = None
+        self._pipeline = Pipeline(self._store_chunk)
 
     def add_chunk(self, data: bytes) -> None:
-        """Open, check and store one chunk. Raises ``IntegrityError`` (fatal)."""
+        """Hand one chunk to the pipeline thread; raises ``IntegrityError`` (fatal) if an
+        earlier chunk did not verify."""
+        self._pipeline.submit(data)
+
+    def check(self) -> None:
+        """Raise ``IntegrityError`` now if a chunk already failed to verify."""
+        self._pipeline.check()
+
+    def _store_chunk(self, data: bytes) -> None:
+        """Open, check and store one chunk (on the pipeline thread)."""
         plaintext = self._opener.open(data)
         if self.rejection is not None:
             return  # keep checking the stream, store nothing more
@@ -126,6 +137,7 @@ class Upload:
         with a non-fatal error); on any failure nothing of the upload remains.
         """
         try:
+            self._pipeline.close()
             mac = self._opener.finish(end.hmac)
             log.info(
                 "HMAC of image on server side: %s",
@@ -184,6 +196,8 @@ class Upload:
 
     def abort(self) -> None:
         """Throw away everything written so far (idempotent)."""
+        if threading.current_thread() is not self._pipeline.thread:
+            self._pipeline.cancel()
         self._sealed.abort()
         if self._plain is not None:
             self._plain.abort()
@@ -239,6 +253,11 @@ class Session:
                 self._list()
             case ev.Register() | ev.TokenLogin() | ev.Share() | ev.Delete():
                 self.fail(ErrorCode.UNSUPPORTED, f"{type(event).__name__} is not supported yet")
+
+    def check_upload(self) -> None:
+        """Raise what the upload's pipeline found so far (``IntegrityError``)."""
+        if self.upload is not None:
+            self.upload.check()
 
     def close(self) -> None:
         """The connection ended: a half-received upload leaves nothing behind."""

@@ -1,0 +1,76 @@
+"""A step that runs on its own thread, fed through a short queue.
+
+An upload's connection thread reads TLS records and parses frames while its pipeline
+thread decrypts, hashes and writes the previous chunks: AES-GCM, hashlib and file
+writes release the GIL, so the two overlap on two cores. The queue is short so that a
+slow disk pushes back on the sender (through TCP) instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+#: Chunks in flight per upload: enough to keep both threads busy, little memory.
+DEFAULT_DEPTH = 4
+
+
+class PipelineCancelled(Exception):
+    """The pipeline was cancelled; its remaining items were dropped."""
+
+
+class Pipeline:
+    """Runs ``step(item)`` for each submitted item, in order, on one worker thread.
+
+    The first exception a step raises stops the work; ``submit`` and ``close`` raise it
+    in the caller's thread.
+    """
+
+    def __init__(self, step: Callable[[bytes], None], depth: int = DEFAULT_DEPTH) -> None:
+        self._step = step
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._closed = False
+        self.thread = threading.Thread(target=self._run, name="upload-pipeline", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._step(item)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def submit(self, item: bytes) -> None:
+        """Queue ``item`` (blocks while the queue is full); raise an earlier step's error."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def check(self) -> None:
+        """Raise the error a step raised, if any, without waiting."""
+        if self._error is not None and not isinstance(self._error, PipelineCancelled):
+            raise self._error
+
+    def close(self) -> None:
+        """Wait until every item is processed; raise the first step error, if any."""
+        self._stop()
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        """Drop what is queued and stop; no error is raised."""
+        if self._error is None:
+            self._error = PipelineCancelled()
+        self._stop()
+
+    def _stop(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self.thread.join()
