@@ -95,6 +95,17 @@ def _os_error(action: str, path: Path, exc: OSError) -> StorageError:
     return StorageError(f"cannot {action} {path}: {exc.strerror or exc}")
 
 
+def _unlink(path: Path) -> bool:
+    """Remove a file; return whether it existed. Raises ``StorageError``."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _os_error("remove", path, exc) from exc
+    return True
+
+
 def _make_dirs(folder: Path) -> None:
     """Create ``folder`` (and missing parents) mode 0700, durably. Raises OSError."""
     if folder.is_dir():
@@ -293,14 +304,7 @@ class FileBlobStore:
         Not fsynced: the catalog row (and its wrapped key) is what makes an object
         readable; an object that comes back after a crash is an orphan for the sweep.
         """
-        path = self.path_of(object_id)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise _os_error("remove", path, exc) from exc
-        return True
+        return _unlink(self.path_of(object_id))
 
     def iter_ids(self) -> Iterator[str]:
         """Ids of the stored objects, in no particular order; skips foreign files."""
@@ -354,14 +358,7 @@ class Inbox:
 
     def delete(self, username: str, filename: str) -> bool:
         """Remove an inbox file; return whether it existed. Raises ``StorageError``."""
-        path = self.path_of(username, filename)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise _os_error("remove", path, exc) from exc
-        return True
+        return _unlink(self.path_of(username, filename))
 
     def iter_files(self) -> Iterator[tuple[str, str]]:
         """``(username, filename)`` of every file the server could have written.
