@@ -373,7 +373,7 @@ class ServerProcess:
 
 def upload_and_check(session: ClientSession, path: Path, original: bytes) -> UploadResult:
     """Upload ``path`` and check the receipt against the original bytes."""
-    result = session.upload(path)
+    result = session.upload(path, sha256=True)
     assert result.size == len(original)
     assert result.sha256 == sha256(original)
     assert result.receipt.body.hmac.hex() == result.hmac

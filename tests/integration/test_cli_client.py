@@ -225,7 +225,7 @@ def test_send_json(server: RunningServer, tmp_path: Path, caplog: pytest.LogCapt
 
 def test_get_round_trip(server: RunningServer, client: ClientSession, tmp_path: Path) -> None:
     path = noise_image(tmp_path / "original.bmp", "BMP", (50, 40))
-    uploaded = client.upload(path)
+    uploaded = client.upload(path, sha256=True)
     connection = _connection(server, _password_file(tmp_path))
     out = tmp_path / "fetched.bmp"
     result = _ok(imgshare("get", uploaded.id, "-o", out, *connection, cwd=tmp_path))

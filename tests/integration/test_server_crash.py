@@ -73,7 +73,7 @@ def _runner(rnd: Round, port: int, data: Path, user: str, images: list[tuple[Pat
                 rnd.started.append(name)
                 rnd.sent[name] = original
             try:
-                result = session.upload(path, name=name)
+                result = session.upload(path, name=name, sha256=True)
             except ImgshareError as exc:  # the server was killed
                 rnd.errors[name] = exc
                 return

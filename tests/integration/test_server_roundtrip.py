@@ -79,7 +79,7 @@ def _round_trip(
     caplog: pytest.LogCaptureFixture,
 ) -> UploadResult:
     original = path.read_bytes()
-    result = client.upload(path)
+    result = client.upload(path, sha256=True)
     _check_stored(server, result, original, caplog)
     out = tmp_path / f"back-{path.name}"
     fetched = client.download(result.id, out)
@@ -142,7 +142,7 @@ def test_a_small_chunk_size_round_trips(
 ) -> None:
     path = noise_image(tmp_path / "small-chunks.png", "PNG", (60, 60))
     original = path.read_bytes()
-    result = client.upload(path, chunk_size=4096)
+    result = client.upload(path, chunk_size=4096, sha256=True)
     _check_stored(server, result, original, caplog, chunk_size=4096)
     out = tmp_path / "back.png"
     client.download(result.id, out)
@@ -263,3 +263,9 @@ def test_given_certificates_and_a_restart_on_the_same_data(
     fetched = again.login().download(result.id, out)
     assert out.read_bytes() == path.read_bytes()
     assert fetched.hmac == result.hmac
+
+
+def test_sha256_is_computed_only_when_asked(client: ClientSession, tmp_path: Path) -> None:
+    path = noise_image(tmp_path / "plain.png", "PNG", (16, 16))
+    assert client.upload(path).sha256 is None
+    assert client.upload(path, sha256=True).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

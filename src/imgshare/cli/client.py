@@ -128,7 +128,7 @@ def send(files: tuple[Path, ...], as_json: bool, **connection: Any) -> None:
     try:
         for path in files:
             try:
-                result = session.upload(path)
+                result = session.upload(path, sha256=True)
             except PeerError as exc:
                 failures += 1
                 click.echo(f"imgshare: error: {path}: {exc}", err=True)

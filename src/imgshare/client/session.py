@@ -61,7 +61,7 @@ class UploadResult:
     id: str
     name: str
     size: int
-    sha256: str
+    sha256: str | None  # only when asked for
     hmac: str
     server_time_ms: int
     receipt: ev.Receipt
@@ -195,10 +195,17 @@ class ClientSession:
         return answer.username
 
     def upload(
-        self, path: Path, name: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        path: Path,
+        name: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        *,
+        sha256: bool = False,
     ) -> UploadResult:
         """Send one image file end to end; return the checked receipt.
 
+        The HMAC is the protocol's integrity check; ``sha256=True`` also computes a
+        plain SHA-256 of the file for people and tools (it costs a second hash pass).
         Raises ``PeerError`` if the server refuses it (not an image, quota...),
         ``ImgshareError`` subclasses for everything else.
         """
@@ -212,12 +219,13 @@ class ClientSession:
             self._request(ev.UploadBegin(header, content_key))
             self._answer(ev.UploadReady)
             sealer = StreamSealer(header, content_key)
-            digest = hashlib.sha256()
+            digest = hashlib.sha256() if sha256 else None
             for index in range(header.chunk_count):
                 plaintext = handle.read(header.plaintext_length(index))
                 if len(plaintext) != header.plaintext_length(index):
                     raise ImgshareError(f"{path} changed while it was being sent")
-                digest.update(plaintext)
+                if digest is not None:
+                    digest.update(plaintext)
                 chunk = ev.Chunk(index, sealer.seal(plaintext), index == header.chunk_count - 1)
                 self._write(self._conn.send(chunk))
             mac = sealer.finish()
@@ -229,7 +237,7 @@ class ClientSession:
             id=receipt.body.image_id.hex(),
             name=header.name,
             size=size,
-            sha256=digest.hexdigest(),
+            sha256=digest.hexdigest() if digest is not None else None,
             hmac=mac.hex(),
             server_time_ms=receipt.body.server_time_ms,
             receipt=receipt,
