@@ -116,6 +116,11 @@ def _make_dirs(folder: Path) -> None:
     fsync_dir(folder.parent)
 
 
+#: Start writeback every this many bytes (see ``AtomicFile._start_writeback``).
+_WRITEBACK_STEP = 8 * 1024 * 1024
+_FADV_DONTNEED: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)
+
+
 class AtomicFile:
     """A file that appears under ``final_path`` only complete and durable.
 
@@ -129,6 +134,7 @@ class AtomicFile:
         self.final_path = final_path
         self.tmp_path = tmp_dir / f"{secrets.token_hex(16)}{_TEMP_SUFFIX}"
         self.bytes_written = 0
+        self._writeback_from = 0
         self._lock = threading.Lock()
         self._state = "open"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -151,9 +157,22 @@ class AtomicFile:
                     written = os.write(fd, view)
                     view = view[written:]
                     self.bytes_written += written
+                self._start_writeback(fd)
             except OSError as exc:
                 self._abort_locked()
                 raise _os_error("write", self.final_path, exc) from exc
+
+    def _start_writeback(self, fd: int) -> None:
+        """Ask the kernel to start writing what we wrote so far, without waiting.
+
+        The disk then works while the rest of the image streams in, and the fsync in
+        ``commit`` waits only for the tail. On Linux, POSIX_FADV_DONTNEED starts
+        writeback of the range (dirty pages stay cached until written).
+        """
+        unflushed = self.bytes_written - self._writeback_from
+        if unflushed >= _WRITEBACK_STEP and _FADV_DONTNEED is not None:
+            os.posix_fadvise(fd, self._writeback_from, unflushed, _FADV_DONTNEED)
+            self._writeback_from = self.bytes_written
 
     def commit(self) -> None:
         """fsync, rename to the final name, fsync the folder. Raises ``StorageError``;
