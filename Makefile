@@ -36,3 +36,20 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (issue 5): `make bench` (full, ~10 min) and `make bench-quick` (< 3 min).
+# They start our server, nginx (installed with apt-get if missing), a raw TLS pair and
+# load generators themselves; see docs/performance.md.
+BENCHSTAMP := $(VENV)/.installed-bench
+
+$(BENCHSTAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@ $(STAMP)
+
+.PHONY: bench bench-quick
+
+bench: $(BENCHSTAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(BENCHSTAMP)
+	$(BIN)/python -m bench.run --quick

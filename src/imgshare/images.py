@@ -129,6 +129,11 @@ def validate_image(
     return _validate(source, policy)
 
 
+def load_plugins() -> None:
+    """Import Pillow's format plugins once, before many threads need them at once."""
+    Image.init()
+
+
 def sniff_extension(head: bytes, policy: ImagePolicy | None = None) -> str | None:
     """The file extension the magic number at the start of ``head`` announces, or
     ``None`` if no allowed format claims it.

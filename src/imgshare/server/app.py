@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import threading
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ def build_service(
     settings: ServerSettings, password_hasher: PasswordHasher | None = None
 ) -> Service:
     """Open (or create) the data folder's stores and sweep what a crash left."""
+    images.load_plugins()  # now, not under the import lock of 200 first uploads
     paths = DataPaths(settings.data)
     catalog = open_catalog(settings.data)
     blobs = FileBlobStore(paths.root)  # DATA/objects/, temp files in DATA/tmp/
@@ -150,6 +152,19 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
+def _raise_open_file_limit(wanted: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit towards the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.info("open-file limit raised", extra=fields(soft=target, hard=hard))
+    if target < wanted:
+        log.warning("open-file limit %d is below what max_connections needs (%d)", target, wanted)
+
+
 def build_server(
     settings: ServerSettings,
     password_hasher: PasswordHasher | None = None,
@@ -163,6 +178,7 @@ def build_server(
     handler, even before this returns) makes ``serve_forever`` return.
     """
     _make_data_dir(settings.data)
+    _raise_open_file_limit(settings.max_connections + 256)  # + files, catalog, listener
     _certificates(settings)
     certificate_der, signing_key, passphrase = _signing_identity(settings)
     context = tls.create_server_context(

@@ -25,7 +25,7 @@ from imgshare.errors import IntegrityError, LocalProtocolError, RemoteProtocolEr
 from imgshare.logs import fields
 from imgshare.protocol import Limits, ServerConnection, State
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import ErrorCode
+from imgshare.protocol.constants import MAX_CHUNK_SIZE, ErrorCode
 from imgshare.protocol.keys import SigningKey
 from imgshare.server.service import Service, Session
 
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Idle and control traffic: one TLS record's worth, so idle connections stay small.
 SMALL_READ = 16 * 1024
-#: While an image streams: a whole default chunk record per read loop.
-TRANSFER_READ = 256 * 1024 + 64
+#: While an image streams: a whole chunk record per read loop (allocated only then).
+TRANSFER_READ = MAX_CHUNK_SIZE + 64
 #: How often a read wakes up to look for a failure in the upload pipeline.
 PIPELINE_POLL = 0.05
 TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING})
