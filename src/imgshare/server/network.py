@@ -205,9 +205,10 @@ class ConnectionHandler:
         """
         wanted = conn.bytes_wanted
         if conn.state in TRANSFER_STATES and wanted > SMALL_READ:
-            if self._transfer_buffer is None:
-                self._transfer_buffer = memoryview(bytearray(TRANSFER_READ))
-            view, fill = self._transfer_buffer[: min(wanted, TRANSFER_READ)], True
+            size = min(wanted, TRANSFER_READ)  # one record: 256 KiB for photos, 1 MiB max
+            if self._transfer_buffer is None or len(self._transfer_buffer) < size:
+                self._transfer_buffer = memoryview(bytearray(size))
+            view, fill = self._transfer_buffer[:size], True
         else:
             self._transfer_buffer = None
             if self._small_buffer is None:
