@@ -319,10 +319,10 @@ class Session:
         self.reply(self.conn.sign_receipt(body))
 
     def _download(self, event: ev.Download) -> None:
-        record = self.service.catalog.get_image(event.image_id.hex()) if self.user else None
         if self.user is None:
             self.fail(ErrorCode.AUTH_REQUIRED, "log in first")
             return
+        record = self.service.catalog.get_image(event.image_id.hex())
         if record is None or record.owner_id != self.user.id:
             self.fail(ErrorCode.NOT_FOUND, "no such image")
             return
