@@ -7,6 +7,7 @@ TLS socket. Library code raises and logs; only the CLI prints.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import socket
@@ -235,9 +236,10 @@ class ClientSession:
             self._answer(ev.UploadReady)
             sealer = StreamSealer(header, content_key)
             digest = hashlib.sha256() if sha256 else None
+            buffer = memoryview(bytearray(chunk_size))  # reused: no fresh pages per chunk
             for index in range(header.chunk_count):
-                plaintext = handle.read(header.plaintext_length(index))
-                if len(plaintext) != header.plaintext_length(index):
+                plaintext = buffer[: header.plaintext_length(index)]
+                if handle.readinto(plaintext) != len(plaintext):
                     raise ImgshareError(f"{path} changed while it was being sent")
                 if digest is not None:
                     digest.update(plaintext)
@@ -336,7 +338,7 @@ def _reason(exc: BaseException) -> str:
 
 
 @contextmanager
-def _open_image(path: Path) -> Iterator[BinaryIO]:
+def _open_image(path: Path) -> Iterator[io.BufferedReader]:
     try:
         handle = path.open("rb")
     except OSError as exc:

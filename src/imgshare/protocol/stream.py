@@ -156,7 +156,7 @@ class _StreamState:
 class StreamSealer(_StreamState):
     """Seals an image chunk by chunk, in order, and computes its HMAC."""
 
-    def seal(self, plaintext: bytes) -> bytes:
+    def seal(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Seal the next chunk; raises ``LocalProtocolError`` on a wrong length or extra chunk."""
         if self.done:
             raise LocalProtocolError("all chunks of this upload are already sealed")
