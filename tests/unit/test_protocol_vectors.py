@@ -43,10 +43,6 @@ from protocol_helpers import (
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 HANDSHAKE_ORDER = ["ClientHello", "ServerHello", "ServerVerify", "ServerFinished", "ClientFinished"]
 
-#: Bad cases whose expectation the implementation does not meet yet: each is a protocol
-#: bug reported to the lead. strict=True turns the fix into a failure until removed here.
-KNOWN_BUGS: dict[str, str] = {}
-
 
 def load(name: str) -> Json:
     data: Json = json.loads((VECTORS / name).read_text(encoding="utf-8"))
@@ -63,17 +59,12 @@ def load_generator() -> ModuleType:
 
 
 def bad_cases() -> list[Any]:
-    """One parametrize entry per bad case (STYLE 7), known bugs marked strict xfail."""
+    """One parametrize entry per bad case (STYLE 7)."""
     data = load("bad_cases.json")
-    params = []
-    for case in data["cases"]:
-        marks = []
-        if case["name"] in KNOWN_BUGS:
-            marks.append(pytest.mark.xfail(reason=KNOWN_BUGS[case["name"]], strict=True))
-        params.append(
-            pytest.param(data["sessions"][case["session"]], case, id=case["name"], marks=marks)
-        )
-    return params
+    return [
+        pytest.param(data["sessions"][case["session"]], case, id=case["name"])
+        for case in data["cases"]
+    ]
 
 
 def handshake_cases() -> list[Any]:
