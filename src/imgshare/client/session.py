@@ -12,13 +12,12 @@ import logging
 import os
 import socket
 import ssl
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import Self
 
 from cryptography import x509
 
@@ -41,6 +40,7 @@ from imgshare.protocol.constants import (
 )
 from imgshare.protocol.keys import ServerVerifier, VerifyingKey, public_key_of
 from imgshare.protocol.stream import new_upload
+from imgshare.store.blobs import AtomicFile
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,10 @@ class ClientSession:
         assert isinstance(begin, ev.DownloadBegin)
         opener = StreamOpener(begin.header, begin.content_key)
         digest = hashlib.sha256()
-        with _atomic_output(destination) as out:
+        # The store's writer: a temp file beside the destination, renamed over it only
+        # once every chunk and the HMAC have checked out.
+        folder = destination.parent if str(destination.parent) else Path(".")
+        with AtomicFile(destination, folder) as out:
             while not opener.done:
                 chunk = self._next_event()
                 if not isinstance(chunk, ev.Chunk):
@@ -292,6 +295,7 @@ class ClientSession:
             end = self._answer(ev.DownloadEnd)
             assert isinstance(end, ev.DownloadEnd)
             mac = opener.finish(end.hmac)
+            out.commit()
         return DownloadResult(
             id=image_id,
             name=begin.header.name,
@@ -345,25 +349,3 @@ def _open_image(path: Path) -> Iterator[io.BufferedReader]:
         raise ImgshareError(f"cannot read {path}: {exc.strerror}") from exc
     with handle:
         yield handle
-
-
-@contextmanager
-def _atomic_output(destination: Path) -> Iterator[BinaryIO]:
-    """A temp file beside ``destination``, renamed over it only if the block succeeds."""
-    folder = destination.parent if str(destination.parent) else Path(".")
-    try:
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{destination.name}.", suffix=".part")
-    except OSError as exc:
-        raise ImgshareError(f"cannot write in {folder}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, destination)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise

@@ -59,20 +59,23 @@ class ConnectionCaps:
         self._per_address = per_address
         self._trusted = [ipaddress.ip_network(n) for n in trusted]
         self._counts: Counter[str] = Counter()
+        self._open = 0
         self._lock = threading.Lock()
 
     def acquire(self, address: str) -> str | None:
         """Count a new connection; return why it is refused, or None if it may stay."""
         with self._lock:
-            if sum(self._counts.values()) >= self._total:
+            if self._open >= self._total:
                 return "too many connections"
             if self._counts[address] >= self._per_address and not self._is_trusted(address):
                 return "too many connections from this address"
             self._counts[address] += 1
+            self._open += 1
             return None
 
     def release(self, address: str) -> None:
         with self._lock:
+            self._open -= 1
             self._counts[address] -= 1
             if self._counts[address] <= 0:
                 del self._counts[address]
@@ -83,11 +86,6 @@ class ConnectionCaps:
         except ValueError:
             return False
         return any(ip in network for network in self._trusted)
-
-    @property
-    def open_connections(self) -> int:
-        with self._lock:
-            return sum(self._counts.values())
 
 
 class _Timeout(Exception):
@@ -102,7 +100,6 @@ class ConnectionHandler:
         self.raw = raw
         self.address = address
         self.peer = f"{address[0]}:{address[1]}"
-        self.conn: ServerConnection | None = None
         self.busy = False
         self._small_buffer: memoryview | None = None
         self._transfer_buffer: memoryview | None = None
@@ -121,9 +118,9 @@ class ConnectionHandler:
             tls = self._tls_handshake()
             if tls is None:
                 return
-            self.conn = self.server.new_connection()
-            session = Session(self.server.service, self.conn, tls.sendall, self.peer)
-            self._serve(tls, self.conn, session)
+            conn = self.server.new_connection()
+            session = Session(self.server.service, conn, tls.sendall, self.peer)
+            self._serve(tls, conn, session)
         except (OSError, _Timeout) as exc:
             log.debug("connection ended: %s", exc, extra=fields(peer=self.peer))
         except Exception:  # a bug must end one connection, never the server
@@ -390,15 +387,16 @@ class Server:
         for handler in handlers:
             if not handler.busy:
                 handler.abort()
-        deadline = time.monotonic() + grace
+        remaining = self._wait_for_handlers(grace)
+        for handler in remaining:
+            handler.abort()  # their uploads roll back in Session.close()
+        self._wait_for_handlers(5.0)
+        log.info("stopped", extra=fields(rolled_back=len(remaining)))
+
+    def _wait_for_handlers(self, seconds: float) -> list[ConnectionHandler]:
+        """Wait up to ``seconds`` for every connection to end; return those still open."""
+        deadline = time.monotonic() + seconds
         with self._lock:
             while self._handlers and time.monotonic() < deadline:
                 self._all_gone.wait(timeout=max(0.0, deadline - time.monotonic()))
-            remaining = list(self._handlers)
-        for handler in remaining:
-            handler.abort()  # their uploads roll back in Session.close()
-        with self._lock:
-            end = time.monotonic() + 5.0
-            while self._handlers and time.monotonic() < end:
-                self._all_gone.wait(timeout=max(0.0, end - time.monotonic()))
-        log.info("stopped", extra=fields(rolled_back=len(remaining)))
+            return list(self._handlers)
