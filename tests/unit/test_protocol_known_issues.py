@@ -26,7 +26,7 @@ from imgshare.protocol import (
     new_upload,
 )
 from imgshare.protocol import events as ev
-from imgshare.protocol.keys import VerifyingKey
+from imgshare.protocol.keys import ServerVerifier, VerifyingKey
 from imgshare.protocol.messages import encode_alert, encode_message
 from protocol_helpers import (
     ConnectionPair,
@@ -84,6 +84,16 @@ def test_upload_ready_with_next_chunk_other_than_zero_is_rejected() -> None:
     assert caught.value.code == ErrorCode.MALFORMED
 
 
+def client_with_server_flight(verifier: ServerVerifier) -> ClientConnection:
+    """A client that has received the server's first flight, ready to check it."""
+    client = ClientConnection(verifier)
+    server = ServerConnection(CERTIFICATE, KEY)
+    server.receive_data(client.initiate())
+    server.next_event()
+    client.receive_data(server.data_to_send())
+    return client
+
+
 def test_verifier_exception_becomes_a_handshake_error() -> None:
     """Nothing but ProtocolError may leave next_event (connection.py docstring).
 
@@ -95,11 +105,7 @@ def test_verifier_exception_becomes_a_handshake_error() -> None:
     def verifier(certificate: bytes) -> VerifyingKey:
         raise ValueError("certificate chain does not verify")
 
-    client = ClientConnection(verifier)
-    server = ServerConnection(CERTIFICATE, KEY)
-    server.receive_data(client.initiate())
-    server.next_event()
-    client.receive_data(server.data_to_send())
+    client = client_with_server_flight(verifier)
     with pytest.raises(HandshakeError):
         client.next_event()
     assert client.state is State.CLOSED
@@ -111,11 +117,7 @@ def test_verifier_imgshare_error_is_translated() -> None:
     def verifier(certificate: bytes) -> VerifyingKey:
         raise CertificateError("expired")
 
-    client = ClientConnection(verifier)
-    server = ServerConnection(CERTIFICATE, KEY)
-    server.receive_data(client.initiate())
-    server.next_event()
-    client.receive_data(server.data_to_send())
+    client = client_with_server_flight(verifier)
     with pytest.raises(HandshakeError):
         client.next_event()
     assert client.state is State.CLOSED

@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,12 +56,10 @@ class Service:
     scratch_dir: Path
     quota_bytes: int
     max_login_failures: int = 5
-    validations: threading.BoundedSemaphore | None = None
-
-    def __post_init__(self) -> None:
-        if self.validations is None:
-            # Decoding holds a whole frame in memory; more decodes than cores buy nothing.
-            self.validations = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+    # Decoding holds a whole frame in memory; more decodes than cores buy nothing.
+    validations: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+    )
 
 
 class Upload:
@@ -169,9 +167,7 @@ class Upload:
         )
 
     def _validate(self) -> images.ImageInfo:
-        semaphore = self.service.validations
-        assert semaphore is not None
-        with semaphore:
+        with self.service.validations:
             if self._plain is not None:
                 return images.validate_image(self._plain.tmp_path, self.service.image_policy)
             assert self._scratch is not None
