@@ -316,7 +316,7 @@ def to_json(value: Any, hint: Any = None) -> Any:
 
 
 def from_json(hint: Any, value: Any) -> Any:
-    if hint is bytes:
+    if hint is bytes or bytes in typing.get_args(hint):  # e.g. Chunk.data: bytes | memoryview
         return bytes.fromhex(value)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint[value]

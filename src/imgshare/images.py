@@ -134,7 +134,7 @@ def load_plugins() -> None:
     Image.init()
 
 
-def sniff_extension(head: bytes, policy: ImagePolicy | None = None) -> str | None:
+def sniff_extension(head: bytes | memoryview, policy: ImagePolicy | None = None) -> str | None:
     """The file extension the magic number at the start of ``head`` announces, or
     ``None`` if no allowed format claims it.
 

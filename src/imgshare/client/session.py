@@ -36,6 +36,8 @@ from imgshare.protocol.constants import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
     MAX_NAME_BYTES,
+    RECORD_HEADER_SIZE,
+    TAG_SIZE,
     ErrorCode,
 )
 from imgshare.protocol.keys import ServerVerifier, VerifyingKey, public_key_of
@@ -150,7 +152,7 @@ class ClientSession:
 
     # -- plumbing ------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         if not data:
             return
         try:
@@ -236,15 +238,20 @@ class ClientSession:
             self._answer(ev.UploadReady)
             sealer = StreamSealer(header, content_key)
             digest = hashlib.sha256() if sha256 else None
-            buffer = memoryview(bytearray(chunk_size))  # reused: no fresh pages per chunk
+            # Two buffers reused for every chunk (no fresh pages, no copies): the file is
+            # read into one and sealed into the other, behind room for the record header.
+            plain = memoryview(bytearray(min(chunk_size, size)))
+            record = memoryview(bytearray(RECORD_HEADER_SIZE + len(plain) + TAG_SIZE))
             for index in range(header.chunk_count):
-                plaintext = buffer[: header.plaintext_length(index)]
+                plaintext = plain[: header.plaintext_length(index)]
                 if handle.readinto(plaintext) != len(plaintext):
                     raise ImgshareError(f"{path} changed while it was being sent")
                 if digest is not None:
                     digest.update(plaintext)
-                chunk = ev.Chunk(index, sealer.seal(plaintext), index == header.chunk_count - 1)
-                self._write(self._conn.send(chunk))
+                sealed = sealer.seal(plaintext, into=record[RECORD_HEADER_SIZE:])
+                chunk = ev.Chunk(index, sealed, index == header.chunk_count - 1)
+                record[:RECORD_HEADER_SIZE] = self._conn.send_chunk_header(chunk)
+                self._write(record[: RECORD_HEADER_SIZE + len(sealed)])
             mac = sealer.finish()
         log.info("HMAC of image on client side: %s", mac.hex())
         self._request(ev.UploadEnd(mac))

@@ -12,7 +12,10 @@ the fatal error report for the peer.
 
 Chunks are handed over sealed, exactly as they travel: the application opens them
 with ``stream.StreamOpener`` (which it may run on another thread), and stores them.
-The connection checks their order, count and lengths.
+The connection checks their order, count and lengths. For bulk data both directions
+have a path without copies: ``receive_record_body`` lends the application's buffer to
+the ``Chunk`` event, and ``send_chunk_header`` lets it send a chunk's bytes from where
+they were sealed.
 """
 
 from __future__ import annotations
@@ -74,8 +77,12 @@ class Limits:
             raise ValueError("max_image_size must be positive")
 
 
-def encode_record(record_type: RecordType, body: bytes) -> bytes:
-    return _HEADER.pack(len(body) + 1, record_type) + body
+def encode_record(record_type: RecordType, body: bytes | bytearray | memoryview) -> bytes:
+    return record_header(record_type, len(body)) + body
+
+
+def record_header(record_type: RecordType, body_length: int) -> bytes:
+    return _HEADER.pack(body_length + 1, record_type)
 
 
 class _Connection:
@@ -87,6 +94,7 @@ class _Connection:
         self.limits = limits
         self._rng = rng
         self._inbox = bytearray()
+        self._lent_body: memoryview | None = None  # see receive_record_body
         self._outbox = bytearray()
         self._eof = False
         self.state = State.START
@@ -131,6 +139,22 @@ class _Connection:
         else:
             self._eof = True
 
+    def receive_record_body(self, body: bytearray | memoryview) -> None:
+        """Hand over the whole rest of the record whose header is buffered, lent.
+
+        For bulk transfers: the application reads a record's header (``bytes_wanted``
+        asks for exactly that much once the buffer is empty), then the body straight
+        into a buffer of its own. A CHUNK event's ``data`` is then a view of that
+        buffer, not a copy: the application must leave the buffer alone until it has
+        handled the event. Raises ``LocalProtocolError`` unless exactly a record
+        header is buffered and ``body`` is exactly the rest of that record.
+        """
+        if self._eof or len(self._inbox) != RECORD_HEADER_SIZE or self._lent_body is not None:
+            raise LocalProtocolError("receive_record_body needs exactly one record header buffered")
+        if len(body) < 1 or len(body) != self.bytes_wanted:
+            raise LocalProtocolError("receive_record_body needs exactly the rest of the record")
+        self._lent_body = memoryview(body)
+
     def next_event(self) -> ev.Event | _NeedData:
         """The next event, or ``NEED_DATA``. Raises only ``ProtocolError`` subclasses."""
         if self.state is State.CLOSED:
@@ -163,7 +187,7 @@ class _Connection:
         self.state = State.CLOSED
         return ev.ConnectionClosed()
 
-    def _next_record(self) -> tuple[RecordType, bytes, bytes] | None:
+    def _next_record(self) -> tuple[RecordType, bytes, bytes | memoryview] | None:
         if len(self._inbox) < RECORD_HEADER_SIZE:
             return None
         length, raw_type = _HEADER.unpack_from(self._inbox)
@@ -184,6 +208,11 @@ class _Connection:
             raise RemoteProtocolError(
                 f"unknown record type {raw_type:#04x}", ErrorCode.MALFORMED
             ) from None
+        if self._lent_body is not None:  # the body waits in the application's buffer
+            lent, self._lent_body = self._lent_body, None
+            header = bytes(self._inbox)
+            self._inbox.clear()
+            return record_type, header, lent
         end = RECORD_HEADER_SIZE - 1 + length
         if len(self._inbox) < end:
             return None
@@ -194,8 +223,13 @@ class _Connection:
         return record_type, header, body
 
     def _handle_record(
-        self, record_type: RecordType, header: bytes, body: bytes
+        self, record_type: RecordType, header: bytes, data: bytes | memoryview
     ) -> ev.Event | None:
+        if record_type is RecordType.CHUNK and self._recv_cipher is not None:
+            event: ev.Event = ev.Chunk(self._chunk_index, data, self._is_last_chunk())
+            self._advance(self.peer_role, event, remote=True)
+            return event
+        body = bytes(data)  # the same object if bytes; a lent body is parsed from a copy
         if record_type is RecordType.ALERT:
             if self._recv_cipher is not None:
                 # Unauthenticated: after the handshake only a middlebox could have sent
@@ -206,15 +240,11 @@ class _Connection:
             return alert
         if self._recv_cipher is None:
             return self._handle_handshake(record_type, header + body, body)
-        if record_type is RecordType.SEALED:
-            event = messages.parse_message(self._recv_cipher.open(body, header))
-            self._advance(self.peer_role, event, remote=True)
-            self._check_received(event)
-        elif record_type is RecordType.CHUNK:
-            event = ev.Chunk(self._chunk_index, body, self._is_last_chunk())
-            self._advance(self.peer_role, event, remote=True)
-        else:
+        if record_type is not RecordType.SEALED:
             raise _unexpected(f"{record_type.name} record after the handshake")
+        event = messages.parse_message(self._recv_cipher.open(body, header))
+        self._advance(self.peer_role, event, remote=True)
+        self._check_received(event)
         return event
 
     def _handle_handshake(
@@ -234,11 +264,18 @@ class _Connection:
         if self._send_cipher is None or self.state in _HANDSHAKE_STATES:
             raise _illegal(self.state, type(event).__name__)
         if isinstance(event, ev.Chunk):
-            self._advance(self.role, event, remote=False)
-            return encode_record(RecordType.CHUNK, event.data)
+            return self.send_chunk_header(event) + event.data
         plaintext = self._encode_checked(event)
         self._advance(self.role, event, remote=False)
         return self._seal(plaintext)
+
+    def send_chunk_header(self, chunk: ev.Chunk) -> bytes:
+        """Like ``send(chunk)``, but only the record header: the caller sends
+        ``chunk.data`` right after it, from wherever it was sealed, uncopied."""
+        if self.state is State.CLOSED or self._send_cipher is None:
+            raise LocalProtocolError("cannot send Chunk: no session")
+        self._advance(self.role, chunk, remote=False)
+        return record_header(RecordType.CHUNK, len(chunk.data))
 
     @staticmethod
     def _encode_checked(event: ev.Event) -> bytes:

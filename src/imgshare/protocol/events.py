@@ -55,10 +55,14 @@ class ConnectionClosed(Event):
 
 @dataclass(frozen=True, slots=True)
 class Chunk(Event):
-    """One sealed STREAM chunk of an image, exactly as it travels and is stored."""
+    """One sealed STREAM chunk of an image, exactly as it travels and is stored.
+
+    ``data`` may be a view of a buffer lent by the application (see
+    ``receive_record_body``), so that a megabyte chunk is never copied on its way.
+    """
 
     index: int
-    data: bytes = field(repr=False)
+    data: bytes | bytearray | memoryview = field(repr=False)
     last: bool
 
 

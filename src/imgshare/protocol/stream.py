@@ -156,8 +156,15 @@ class _StreamState:
 class StreamSealer(_StreamState):
     """Seals an image chunk by chunk, in order, and computes its HMAC."""
 
-    def seal(self, plaintext: bytes | bytearray | memoryview) -> bytes:
-        """Seal the next chunk; raises ``LocalProtocolError`` on a wrong length or extra chunk."""
+    def seal(
+        self, plaintext: bytes | bytearray | memoryview, into: memoryview | None = None
+    ) -> bytes | memoryview:
+        """Seal the next chunk; raises ``LocalProtocolError`` on a wrong length or extra chunk.
+
+        With ``into`` (at least ``len(plaintext) + TAG_SIZE`` bytes), the sealed chunk
+        is written there and a view of it returned: a sender that reuses one buffer
+        touches no fresh memory per chunk.
+        """
         if self.done:
             raise LocalProtocolError("all chunks of this upload are already sealed")
         index, last = self._position()
@@ -168,7 +175,11 @@ class StreamSealer(_StreamState):
         self._mac.update(plaintext)
         self.next_index += 1
         nonce = chunk_nonce(self.header.nonce_prefix, index, last)
-        return self._aead.encrypt(nonce, plaintext, self._aad)
+        if into is None:
+            return self._aead.encrypt(nonce, plaintext, self._aad)
+        sealed = into[: len(plaintext) + TAG_SIZE]
+        self._aead.encrypt_into(nonce, plaintext, self._aad, sealed)
+        return sealed
 
     def finish(self) -> bytes:
         """The image HMAC, once every chunk is sealed."""
@@ -180,8 +191,14 @@ class StreamSealer(_StreamState):
 class StreamOpener(_StreamState):
     """Opens an image chunk by chunk, in order, checking every tag and finally the HMAC."""
 
-    def open(self, ciphertext: bytes) -> bytes:
-        """Open the next chunk; raises ``IntegrityError`` for any tampering, opaquely."""
+    def open(
+        self, ciphertext: bytes | bytearray | memoryview, into: memoryview | None = None
+    ) -> bytes | memoryview:
+        """Open the next chunk; raises ``IntegrityError`` for any tampering, opaquely.
+
+        With ``into`` (at least the chunk's plaintext length), the plaintext is written
+        there and a view of it returned; after a failure its content is undefined.
+        """
         if self.done:
             raise IntegrityError("stream integrity check failed", ErrorCode.INTEGRITY_FAILED)
         index, last = self._position()
@@ -189,7 +206,11 @@ class StreamOpener(_StreamState):
             raise IntegrityError("stream integrity check failed", ErrorCode.INTEGRITY_FAILED)
         nonce = chunk_nonce(self.header.nonce_prefix, index, last)
         try:
-            plaintext = self._aead.decrypt(nonce, ciphertext, self._aad)
+            if into is None:
+                plaintext: bytes | memoryview = self._aead.decrypt(nonce, ciphertext, self._aad)
+            else:
+                plaintext = into[: len(ciphertext) - TAG_SIZE]
+                self._aead.decrypt_into(nonce, ciphertext, self._aad, plaintext)
         except InvalidTag as exc:
             raise IntegrityError(
                 "stream integrity check failed", ErrorCode.INTEGRITY_FAILED

@@ -25,7 +25,7 @@ from imgshare.errors import IntegrityError, LocalProtocolError, RemoteProtocolEr
 from imgshare.logs import fields
 from imgshare.protocol import Limits, ServerConnection, State
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import MAX_CHUNK_SIZE, ErrorCode
+from imgshare.protocol.constants import RECORD_HEADER_SIZE, ErrorCode
 from imgshare.protocol.keys import SigningKey
 from imgshare.server.service import Service, Session
 
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Idle and control traffic: one TLS record's worth, so idle connections stay small.
 SMALL_READ = 16 * 1024
-#: While an image streams: a whole chunk record per read loop (allocated only then).
-TRANSFER_READ = MAX_CHUNK_SIZE + 64
 #: How often a read wakes up to look for a failure in the upload pipeline.
 PIPELINE_POLL = 0.05
 TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING})
@@ -102,7 +100,6 @@ class ConnectionHandler:
         self.peer = f"{address[0]}:{address[1]}"
         self.busy = False
         self._small_buffer: memoryview | None = None
-        self._transfer_buffer: memoryview | None = None
 
     def abort(self) -> None:
         """Cut the connection from another thread; the handler's blocking call returns."""
@@ -182,59 +179,71 @@ class ConnectionHandler:
                 tls.sendall(conn.send(stopping))
                 return
             try:
-                data = self._read(tls, conn, session, self._timeout_for(conn, deadline))
+                self._receive(tls, conn, session, self._timeout_for(conn, deadline))
             except (TimeoutError, _Timeout):
                 self._send_timeout(tls, conn)
                 return
             except (IntegrityError, StorageError) as exc:  # found by an upload pipeline
                 self._fatal(tls, conn, exc)
                 return
-            conn.receive_data(data)
 
-    def _read(
+    def _receive(
         self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session, timeout: float
-    ) -> memoryview:
-        """Bytes from the peer (empty at end of stream).
+    ) -> None:
+        """Feed the connection the next bytes from the peer (b"" at end of stream).
 
-        While an image streams, fill a reused buffer with the rest of the current
-        record in a tight loop (TLS hands out at most 16 KiB a call); otherwise read
-        one small piece, so that an idle connection holds no big buffer.
+        While an image streams, never read past the current record: then each chunk
+        record's body is read whole, in a tight loop (TLS hands out at most 16 KiB a
+        call), straight into a buffer the upload recycles, and lent to the protocol
+        core uncopied. Otherwise read one small piece, so that an idle connection holds
+        no big buffer.
         """
         wanted = conn.bytes_wanted
-        if conn.state in TRANSFER_STATES and wanted > SMALL_READ:
-            size = min(wanted, TRANSFER_READ)  # one record: 256 KiB for photos, 1 MiB max
-            if self._transfer_buffer is None or len(self._transfer_buffer) < size:
-                self._transfer_buffer = memoryview(bytearray(size))
-            view, fill = self._transfer_buffer[:size], True
-        else:
-            self._transfer_buffer = None
-            if self._small_buffer is None:
-                self._small_buffer = memoryview(bytearray(SMALL_READ))
-            view, fill = self._small_buffer, False
-        got = 0
-        while True:
-            count = self._recv_into(tls, view[got:], session, timeout)
-            got += count
-            if count == 0 or not fill or got == len(view):
-                return view[:got]
+        streaming = conn.state in TRANSFER_STATES
+        if streaming and wanted > SMALL_READ and conn.buffered_bytes == RECORD_HEADER_SIZE:
+            body = session.chunk_buffer(wanted)
+            if body is not None:
+                got = self._recv_into(tls, body, session, timeout, whole=True)
+                if got < wanted:  # cut off mid-record: let the core say so
+                    conn.receive_data(body[:got])
+                else:
+                    conn.receive_record_body(body)
+                return
+        if self._small_buffer is None:
+            self._small_buffer = memoryview(bytearray(SMALL_READ))
+        view = self._small_buffer[: min(wanted, SMALL_READ)] if streaming else self._small_buffer
+        count = self._recv_into(tls, view, session, timeout, whole=False)
+        conn.receive_data(view[:count])
 
     @staticmethod
-    def _recv_into(tls: ssl.SSLSocket, view: memoryview, session: Session, timeout: float) -> int:
-        """``recv_into`` that, while an upload pipeline runs, wakes up every
-        ``PIPELINE_POLL`` seconds to raise what the pipeline found (a tampered chunk),
-        so the peer hears of it at once even if it waits for our answer."""
-        if session.upload is None:
-            tls.settimeout(timeout)
-            return tls.recv_into(view)
-        end = time.monotonic() + timeout
-        tls.settimeout(min(PIPELINE_POLL, timeout))
+    def _recv_into(
+        tls: ssl.SSLSocket, view: memoryview, session: Session, timeout: float, *, whole: bool
+    ) -> int:
+        """Read into ``view``: once, or (``whole``) until it is full or the stream ends.
+
+        While an upload pipeline runs, a read wakes up every ``PIPELINE_POLL`` seconds
+        to raise what the pipeline found (a tampered chunk), so the peer hears of it at
+        once even if it waits for our answer. ``timeout`` bounds each silence.
+        """
+        polling = session.upload is not None
+        tls.settimeout(min(PIPELINE_POLL, timeout) if polling else timeout)
+        got = 0
+        silent = 0.0
         while True:
             try:
-                return tls.recv_into(view)
+                count = tls.recv_into(view[got:])
             except TimeoutError:
-                session.check_upload()
-                if time.monotonic() >= end:
+                if not polling:
                     raise
+                session.check_upload()
+                silent += PIPELINE_POLL
+                if silent >= timeout:
+                    raise
+                continue
+            got += count
+            if count == 0 or not whole or got == len(view):
+                return got
+            silent = 0.0
 
     def _fatal(self, tls: ssl.SSLSocket, conn: ServerConnection, exc: Exception) -> None:
         """Report a failure of the session's own work to the peer, fatally."""

@@ -4,6 +4,10 @@ An upload's connection thread reads TLS records and parses frames while its pipe
 thread decrypts, hashes and writes the previous chunks: AES-GCM, hashlib and file
 writes release the GIL, so the two overlap on two cores. The queue is short so that a
 slow disk pushes back on the sender (through TCP) instead of growing memory.
+
+Items can be received straight into buffers the pipeline recycles (``buffer``): a
+megabyte chunk then costs no allocation and no fresh memory pages, which on a VM
+(first touch of a page is slow) measured as a fifth of the server's time per byte.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ class PipelineCancelled(Exception):
     """The pipeline was cancelled; its remaining items were dropped."""
 
 
+Item = bytes | bytearray | memoryview
+
+
 class Pipeline:
     """Runs ``step(item)`` for each submitted item, in order, on one worker thread.
 
@@ -27,9 +34,13 @@ class Pipeline:
     in the caller's thread.
     """
 
-    def __init__(self, step: Callable[[bytes], None], depth: int = DEFAULT_DEPTH) -> None:
+    def __init__(self, step: Callable[[Item], None], depth: int = DEFAULT_DEPTH) -> None:
         self._step = step
-        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._queue: queue.Queue[Item | None] = queue.Queue(depth)
+        # Buffers handed out by ``buffer``, by identity, and those whose items were
+        # processed. At most depth + 2 are in use: queued, in the step, being filled.
+        self._made: dict[int, bytearray] = {}
+        self._spare: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._closed = False
         self.thread = threading.Thread(target=self._run, name="upload-pipeline", daemon=True)
@@ -45,8 +56,26 @@ class Pipeline:
                     self._step(item)
                 except BaseException as exc:  # handed to the caller's thread
                     self._error = exc
+            if isinstance(item, memoryview) and self._made.get(id(item.obj)) is item.obj:
+                self._spare.put(self._made[id(item.obj)])
 
-    def submit(self, item: bytes) -> None:
+    def buffer(self, size: int) -> memoryview:
+        """A buffer of ``size`` bytes to receive the next item into, then ``submit``.
+
+        It comes back for reuse once its step has run, so it must not be used after
+        ``submit``.
+        """
+        try:
+            spare = self._spare.get_nowait()
+        except queue.Empty:
+            spare = bytearray()
+        if len(spare) < size:
+            self._made.pop(id(spare), None)
+            spare = bytearray(size)
+            self._made[id(spare)] = spare
+        return memoryview(spare)[:size]
+
+    def submit(self, item: Item) -> None:
         """Queue ``item`` (blocks while the queue is full); raise an earlier step's error."""
         if self._error is not None:
             raise self._error

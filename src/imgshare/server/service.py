@@ -77,20 +77,26 @@ class Upload:
         self._scratch: BinaryIO | None = None
         self._inbox_name: str | None = None
         self.rejection: tuple[ErrorCode, str] | None = None
+        # One plaintext buffer, reused by every chunk (on the pipeline thread).
+        self._plaintext = memoryview(bytearray(min(self.header.chunk_size, self.header.size)))
         self._pipeline = Pipeline(self._store_chunk)
 
-    def add_chunk(self, data: bytes) -> None:
+    def chunk_buffer(self, size: int) -> memoryview:
+        """A recycled buffer to receive the next chunk record into (see ``add_chunk``)."""
+        return self._pipeline.buffer(size)
+
+    def add_chunk(self, data: bytes | bytearray | memoryview) -> None:
         """Hand one chunk to the pipeline thread; raises ``IntegrityError`` (fatal) if an
-        earlier chunk did not verify."""
+        earlier chunk did not verify. A ``chunk_buffer`` must not be used afterwards."""
         self._pipeline.submit(data)
 
     def check(self) -> None:
         """Raise ``IntegrityError`` now if a chunk already failed to verify."""
         self._pipeline.check()
 
-    def _store_chunk(self, data: bytes) -> None:
+    def _store_chunk(self, data: bytes | bytearray | memoryview) -> None:
         """Open, check and store one chunk (on the pipeline thread)."""
-        plaintext = self._opener.open(data)
+        plaintext = self._opener.open(data, into=self._plaintext)
         if self.rejection is not None:
             return  # keep checking the stream, store nothing more
         try:
@@ -103,7 +109,7 @@ class Upload:
         except StorageError as exc:
             self._reject(ErrorCode.STORAGE_FAILED, str(exc))
 
-    def _open_plaintext(self, head: bytes) -> None:
+    def _open_plaintext(self, head: bytes | memoryview) -> None:
         extension = images.sniff_extension(head)
         if extension is None:
             self._reject(ErrorCode.NOT_AN_IMAGE, "not an image in an accepted format")
@@ -115,7 +121,7 @@ class Upload:
         else:
             self._scratch = tempfile.TemporaryFile(dir=self.service.scratch_dir)
 
-    def _write_plain(self, plaintext: bytes) -> None:
+    def _write_plain(self, plaintext: bytes | memoryview) -> None:
         if self._plain is not None:
             self._plain.write(plaintext)
         elif self._scratch is not None:
@@ -249,6 +255,11 @@ class Session:
                 self._list()
             case ev.Register() | ev.TokenLogin() | ev.Share() | ev.Delete():
                 self.fail(ErrorCode.UNSUPPORTED, f"{type(event).__name__} is not supported yet")
+
+    def chunk_buffer(self, size: int) -> memoryview | None:
+        """Where to receive a chunk record of ``size`` bytes without copying it later:
+        a buffer the upload recycles, or None outside an upload."""
+        return self.upload.chunk_buffer(size) if self.upload is not None else None
 
     def check_upload(self) -> None:
         """Raise what the upload's pipeline found so far (``IntegrityError``)."""

@@ -56,7 +56,7 @@ class BlobNotFound(StorageError):
 class BlobWriter(Protocol):
     """Writes one object; invisible until ``commit``; a context manager that aborts."""
 
-    def write(self, data: bytes | memoryview) -> None: ...
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
     def commit(self) -> None: ...
     def abort(self) -> None: ...
     def __enter__(self) -> Self: ...
@@ -146,7 +146,7 @@ class AtomicFile:
     def __repr__(self) -> str:
         return f"AtomicFile({str(self.final_path)!r}, state={self._state})"
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``. On failure the temp file is removed and ``StorageError``
         raised ("disk full ..." for ENOSPC/EDQUOT)."""
         view = memoryview(data).cast("B")
