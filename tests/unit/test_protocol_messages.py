@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from imgshare.errors import HandshakeError, IntegrityError, LocalProtocolError, RemoteProtocolError
 from imgshare.protocol import ErrorCode, StreamOpener, StreamSealer, UploadHeader, codec, keys
 from imgshare.protocol import events as ev
+from imgshare.protocol.constants import TAG_SIZE
 from imgshare.protocol.messages import (
     ClientHello,
     ServerHello,
@@ -259,6 +260,82 @@ def test_stream_sealer_and_opener() -> None:
     )
     with pytest.raises(ValueError):
         StreamSealer(header, bytes(31))
+
+
+# --- sealing and opening into the caller's buffer ----------------------------------------
+
+STREAM_HEADER = UploadHeader(bytes(16), bytes(7), 4096, 5000, "a")
+STREAM_KEY = bytes(range(32))
+STREAM_DATA = bytes(range(256)) * 19 + bytes(136)
+STREAM_PIECES = (STREAM_DATA[:4096], STREAM_DATA[4096:])
+
+
+def sealed_chunks() -> list[bytes]:
+    sealer = StreamSealer(STREAM_HEADER, STREAM_KEY)
+    return [bytes(sealer.seal(piece)) for piece in STREAM_PIECES]
+
+
+def test_seal_into_a_buffer_gives_the_same_bytes_as_seal() -> None:
+    allocating = StreamSealer(STREAM_HEADER, STREAM_KEY)
+    in_place = StreamSealer(STREAM_HEADER, STREAM_KEY)
+    record = bytearray(5 + 4096 + TAG_SIZE)  # room for a record header in front, as the client
+    for piece in STREAM_PIECES:
+        expected = allocating.seal(piece)
+        sealed = in_place.seal(memoryview(piece), into=memoryview(record)[5:])
+        assert isinstance(sealed, memoryview)
+        assert sealed.obj is record
+        assert len(sealed) == len(piece) + TAG_SIZE
+        assert sealed == expected
+        assert record[5 : 5 + len(expected)] == expected
+    assert in_place.finish() == allocating.finish() == image_hmac(STREAM_KEY, STREAM_DATA)
+
+
+def test_open_into_a_buffer_gives_the_same_bytes_as_open() -> None:
+    chunks = sealed_chunks()
+    allocating = StreamOpener(STREAM_HEADER, STREAM_KEY)
+    in_place = StreamOpener(STREAM_HEADER, STREAM_KEY)
+    plaintext = bytearray(4096)
+    for chunk, piece in zip(chunks, STREAM_PIECES, strict=True):
+        assert allocating.open(chunk) == piece
+        opened = in_place.open(memoryview(bytearray(chunk)), into=memoryview(plaintext))
+        assert isinstance(opened, memoryview)
+        assert opened.obj is plaintext
+        assert opened == piece  # the length too: the last chunk is short
+    mac = image_hmac(STREAM_KEY, STREAM_DATA)
+    assert in_place.finish(mac) == allocating.finish(mac) == mac
+
+
+def test_into_a_buffer_too_small_is_a_value_error() -> None:
+    with pytest.raises(ValueError) as caught:
+        StreamSealer(STREAM_HEADER, STREAM_KEY).seal(
+            STREAM_PIECES[0], into=memoryview(bytearray(4096 + TAG_SIZE - 1))
+        )
+    assert caught.type is ValueError
+    chunk = sealed_chunks()[0]
+    opener = StreamOpener(STREAM_HEADER, STREAM_KEY)
+    with pytest.raises(ValueError) as caught:
+        opener.open(chunk, into=memoryview(bytearray(4095)))
+    assert caught.type is ValueError
+    # The opener did not move on: the same chunk still opens.
+    assert opener.open(chunk, into=memoryview(bytearray(4096))) == STREAM_PIECES[0]
+
+
+@pytest.mark.parametrize(
+    "position", [0, 4095, 4096 + TAG_SIZE - 1], ids=["first-byte", "last-text-byte", "tag"]
+)
+def test_tampered_chunk_opened_into_a_buffer_is_an_integrity_error(position: int) -> None:
+    tampered = bytearray(sealed_chunks()[0])
+    tampered[position] ^= 0x01
+    with pytest.raises(IntegrityError) as caught:
+        StreamOpener(STREAM_HEADER, STREAM_KEY).open(tampered, into=memoryview(bytearray(4096)))
+    assert caught.type is IntegrityError
+    assert caught.value.code == ErrorCode.INTEGRITY_FAILED
+
+
+def test_chunk_of_the_wrong_length_opened_into_a_buffer_is_an_integrity_error() -> None:
+    chunk = sealed_chunks()[0]
+    with pytest.raises(IntegrityError):
+        StreamOpener(STREAM_HEADER, STREAM_KEY).open(chunk[:-1], into=memoryview(bytearray(4096)))
 
 
 # --- keys -------------------------------------------------------------------------------

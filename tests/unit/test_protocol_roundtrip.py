@@ -6,6 +6,7 @@ pieces instead, so record edges still fall everywhere without 5 million calls).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections.abc import Callable
@@ -20,19 +21,26 @@ from imgshare.errors import (
     RemoteProtocolError,
 )
 from imgshare.protocol import (
+    NEED_DATA,
     ClientConnection,
     ErrorCode,
     Group,
     PinnedCertificate,
+    RecordType,
     ServerConnection,
     State,
     StreamOpener,
     StreamSealer,
+    UploadHeader,
+    encode_record,
     new_upload,
 )
 from imgshare.protocol import events as ev
+from imgshare.protocol.constants import RECORD_HEADER_SIZE, TAG_SIZE
 from protocol_helpers import (
+    HEADER,
     SPLITS,
+    Connection,
     ConnectionPair,
     SigningKey,
     feed,
@@ -461,3 +469,309 @@ def test_answer_of_the_wrong_kind(pair: ConnectionPair) -> None:
     with pytest.raises(LocalProtocolError):
         pair.server.send(ev.Ok())
     pair.send(pair.server, ev.ImageList(()))
+
+
+# --- the bulk path without copies: lent bodies and chunk headers ----------------------
+
+BULK_CHUNK = 4096
+
+
+@dataclasses.dataclass
+class Bulk:
+    """A logged-in pair in the middle of an upload, with every chunk sealed in advance."""
+
+    pair: ConnectionPair
+    header: UploadHeader
+    key: bytes
+    plaintext: bytes
+    sealed: list[bytes]
+    hmac: bytes
+
+    def record(self, index: int) -> bytes:
+        """Chunk ``index``'s record as the client's core sends it (advances the client)."""
+        last = index == len(self.sealed) - 1
+        return self.pair.client.send(ev.Chunk(index, self.sealed[index], last))
+
+
+def start_upload(make_pair: PairFactory) -> Bulk:
+    """The same upload every time: identical headers, keys and sealed chunks."""
+    p = make_pair()
+    p.handshake()
+    p.send(p.client, ev.Login("alice", "secret"))
+    p.send(p.server, ev.LoginOk("alice"))
+    data = random.Random(8).randbytes(2 * BULK_CHUNK + 10)
+    header, key = new_upload("a.png", len(data), random.Random(9).randbytes, BULK_CHUNK)
+    sealer = StreamSealer(header, key)
+    sealed = [
+        bytes(sealer.seal(data[i * BULK_CHUNK : (i + 1) * BULK_CHUNK]))
+        for i in range(header.chunk_count)
+    ]
+    p.send(p.client, ev.UploadBegin(header, key))
+    p.send(p.server, ev.UploadReady())
+    return Bulk(p, header, key, data, sealed, sealer.finish())
+
+
+@pytest.fixture
+def bulk(make_pair: PairFactory) -> Bulk:
+    return start_upload(make_pair)
+
+
+def lend(conn: Connection, record: bytes, buffer: bytearray) -> None:
+    """Feed a record as the server's read loop does: header as data, body lent."""
+    conn.receive_data(record[:RECORD_HEADER_SIZE])
+    assert conn.bytes_wanted == len(record) - RECORD_HEADER_SIZE
+    body = memoryview(buffer)[: len(record) - RECORD_HEADER_SIZE]
+    body[:] = record[RECORD_HEADER_SIZE:]
+    conn.receive_record_body(body)
+
+
+@pytest.mark.parametrize("form", ["bytearray", "memoryview", "slice-of-bigger"])
+def test_lent_chunk_is_a_view_of_the_callers_buffer(bulk: Bulk, form: str) -> None:
+    server = bulk.pair.server
+    record = bulk.record(0)
+    body = record[RECORD_HEADER_SIZE:]
+    if form == "slice-of-bigger":  # a recycled buffer, as Pipeline.buffer hands out
+        buffer = bytearray(len(body) + 100)
+        lent: bytearray | memoryview = memoryview(buffer)[: len(body)]
+        lent[:] = body
+    else:
+        buffer = bytearray(body)
+        lent = buffer if form == "bytearray" else memoryview(buffer)
+    server.receive_data(record[:RECORD_HEADER_SIZE])
+    server.receive_record_body(lent)
+    chunk = server.next_event()
+    assert isinstance(chunk, ev.Chunk)
+    assert (chunk.index, chunk.last) == (0, False)
+    assert isinstance(chunk.data, memoryview)
+    assert chunk.data.obj is buffer
+    assert chunk.data == body
+    assert StreamOpener(bulk.header, bulk.key).open(chunk.data) == bulk.plaintext[:BULK_CHUNK]
+    buffer[0] ^= 0xFF  # not a copy: the event sees the buffer change
+    assert chunk.data[0] == buffer[0] != body[0]
+    assert server.next_event() is NEED_DATA
+    assert server.buffered_bytes == 0
+
+
+def test_whole_upload_through_one_recycled_buffer(bulk: Bulk) -> None:
+    """Every chunk and the sealed UploadEnd lent from one buffer, each handled before reuse."""
+    server = bulk.pair.server
+    buffer = bytearray(BULK_CHUNK + TAG_SIZE)
+    opener = StreamOpener(bulk.header, bulk.key)
+    plaintext = b""
+    for index in range(len(bulk.sealed)):
+        lend(server, bulk.record(index), buffer)
+        chunk = server.next_event()
+        assert isinstance(chunk, ev.Chunk) and chunk.index == index
+        assert isinstance(chunk.data, memoryview) and chunk.data.obj is buffer
+        plaintext += opener.open(chunk.data)
+    assert plaintext == bulk.plaintext
+    assert server.state is State.UPLOADED
+    # A SEALED message lent the same way is opened with the right header as AAD and parsed.
+    lend(server, bulk.pair.client.send(ev.UploadEnd(bulk.hmac)), buffer)
+    assert server.next_event() == ev.UploadEnd(bulk.hmac)
+    assert server.state is State.AWAIT_RECEIPT
+    assert opener.finish(bulk.hmac) == bulk.hmac
+
+
+def test_client_lends_download_chunks(bulk: Bulk, make_pair: PairFactory) -> None:
+    p = make_pair()
+    p.handshake()
+    image_id = bytes(range(16))
+    p.send(p.client, ev.Download(image_id))
+    p.send(p.server, ev.DownloadBegin(image_id, bulk.header, bulk.key))
+    buffer = bytearray(BULK_CHUNK + TAG_SIZE + 7)
+    opener = StreamOpener(bulk.header, bulk.key)
+    plaintext = b""
+    for index, sealed in enumerate(bulk.sealed):
+        last = index == len(bulk.sealed) - 1
+        lend(p.client, p.server.send(ev.Chunk(index, sealed, last)), buffer)
+        chunk = p.client.next_event()
+        assert chunk == ev.Chunk(index, sealed, last)
+        assert isinstance(chunk, ev.Chunk) and isinstance(chunk.data, memoryview)
+        assert chunk.data.obj is buffer
+        plaintext += opener.open(chunk.data)
+    lend(p.client, p.server.send(ev.DownloadEnd(bulk.hmac)), buffer)
+    assert p.client.next_event() == ev.DownloadEnd(bulk.hmac)
+    assert plaintext == bulk.plaintext
+    assert p.client.state is p.server.state is State.IDLE
+
+
+def test_lending_needs_exactly_one_record_header_buffered(bulk: Bulk) -> None:
+    server = bulk.pair.server
+    record = bulk.record(0)
+    # Each body below has the length bytes_wanted asks for: only the buffered count is wrong.
+    with pytest.raises(LocalProtocolError):
+        server.receive_record_body(bytearray(server.bytes_wanted))  # nothing buffered
+    server.receive_data(record[:4])
+    with pytest.raises(LocalProtocolError):
+        server.receive_record_body(bytearray(server.bytes_wanted))  # part of a header
+    server.receive_data(record[4:6])
+    with pytest.raises(LocalProtocolError):
+        server.receive_record_body(bytearray(record[6:]))  # a header and a byte more
+    # None of the refusals took anything: the record still arrives whole.
+    server.receive_data(record[6:])
+    assert server.next_event() == ev.Chunk(0, bulk.sealed[0], False)
+
+
+@pytest.mark.parametrize("length_change", [-1, 1, "empty"])
+def test_lent_body_must_be_exactly_the_rest_of_the_record(
+    bulk: Bulk, length_change: int | str
+) -> None:
+    server = bulk.pair.server
+    record = bulk.record(0)
+    server.receive_data(record[:RECORD_HEADER_SIZE])
+    wanted = len(record) - RECORD_HEADER_SIZE
+    size = 0 if length_change == "empty" else wanted + int(length_change)
+    with pytest.raises(LocalProtocolError):
+        server.receive_record_body(bytearray(size))
+    assert server.buffered_bytes == RECORD_HEADER_SIZE
+    assert server.next_event() is NEED_DATA
+    server.receive_record_body(bytearray(record[RECORD_HEADER_SIZE:]))
+    assert server.next_event() == ev.Chunk(0, bulk.sealed[0], False)
+
+
+def test_lending_twice_for_one_record_is_refused(bulk: Bulk) -> None:
+    server = bulk.pair.server
+    record = bulk.record(0)
+    server.receive_data(record[:RECORD_HEADER_SIZE])
+    first = bytearray(record[RECORD_HEADER_SIZE:])
+    server.receive_record_body(first)
+    with pytest.raises(LocalProtocolError):
+        server.receive_record_body(bytearray(record[RECORD_HEADER_SIZE:]))
+    chunk = server.next_event()
+    assert isinstance(chunk, ev.Chunk) and isinstance(chunk.data, memoryview)
+    assert chunk.data.obj is first  # the first loan stands
+    assert server.next_event() is NEED_DATA
+
+
+def test_lending_after_end_of_stream_is_refused(bulk: Bulk) -> None:
+    server = bulk.pair.server
+    record = bulk.record(0)
+    server.receive_data(record[:RECORD_HEADER_SIZE])
+    server.receive_data(b"")
+    with pytest.raises(LocalProtocolError):
+        server.receive_record_body(bytearray(record[RECORD_HEADER_SIZE:]))
+    with pytest.raises(RemoteProtocolError) as caught:  # the body was not taken: cut short
+        server.next_event()
+    assert caught.value.code == ErrorCode.MALFORMED
+
+
+@pytest.mark.parametrize("lent", [True, False], ids=["lent", "received"])
+@pytest.mark.parametrize("longer", [False, True], ids=["short", "long"])
+def test_chunk_of_the_wrong_length_is_an_integrity_error(
+    bulk: Bulk, lent: bool, longer: bool
+) -> None:
+    server = bulk.pair.server
+    data = bulk.sealed[0] + b"\x00" if longer else bulk.sealed[0][:-1]
+    record = encode_record(RecordType.CHUNK, data)
+    server.receive_data(record[:RECORD_HEADER_SIZE])
+    if lent:
+        server.receive_record_body(bytearray(record[RECORD_HEADER_SIZE:]))
+    else:
+        server.receive_data(record[RECORD_HEADER_SIZE:])
+    with pytest.raises(IntegrityError) as caught:
+        server.next_event()
+    assert caught.value.code == ErrorCode.INTEGRITY_FAILED
+    assert server.state is State.CLOSED
+    (report,) = feed(bulk.pair.client, server.data_to_send())
+    assert report == ev.Error(ErrorCode.INTEGRITY_FAILED, str(caught.value), fatal=True)
+
+
+def test_tampered_lent_chunk_does_not_open(bulk: Bulk) -> None:
+    server = bulk.pair.server
+    record = bytearray(bulk.record(0))
+    record[-1] ^= 0x01  # a tag bit: the length is right, so only the opener can tell
+    lend(server, bytes(record), bytearray(len(record)))
+    chunk = server.next_event()
+    assert isinstance(chunk, ev.Chunk)
+    with pytest.raises(IntegrityError):
+        StreamOpener(bulk.header, bulk.key).open(chunk.data)
+
+
+def test_chunk_header_plus_data_is_what_send_writes(make_pair: PairFactory) -> None:
+    by_header, by_send = start_upload(make_pair), start_upload(make_pair)
+    assert by_header.sealed == by_send.sealed
+    for index, sealed in enumerate(by_header.sealed):
+        chunk = ev.Chunk(index, sealed, index == len(by_header.sealed) - 1)
+        header = by_header.pair.client.send_chunk_header(chunk)
+        assert HEADER.unpack(header) == (len(sealed) + 1, RecordType.CHUNK)
+        assert header + sealed == by_send.pair.client.send(chunk)
+        assert feed(by_header.pair.server, header + sealed) == [chunk]
+    assert by_header.pair.client.state is State.UPLOADED
+    assert by_header.pair.server.state is State.UPLOADED
+
+
+def test_client_style_upload_sealed_in_place_behind_the_header(bulk: Bulk) -> None:
+    """As ClientSession does: seal into one record buffer, write the header in front."""
+    client, server = bulk.pair.client, bulk.pair.server
+    sealer = StreamSealer(bulk.header, bulk.key)
+    record = memoryview(bytearray(RECORD_HEADER_SIZE + BULK_CHUNK + TAG_SIZE))
+    for index in range(bulk.header.chunk_count):
+        start = index * BULK_CHUNK
+        plain = bulk.plaintext[start : start + bulk.header.plaintext_length(index)]
+        sealed = sealer.seal(plain, into=record[RECORD_HEADER_SIZE:])
+        chunk = ev.Chunk(index, sealed, index == bulk.header.chunk_count - 1)
+        record[:RECORD_HEADER_SIZE] = client.send_chunk_header(chunk)
+        received = feed(server, bytes(record[: RECORD_HEADER_SIZE + len(sealed)]))
+        assert received == [ev.Chunk(index, bulk.sealed[index], chunk.last)]
+    assert feed(server, client.send(ev.UploadEnd(sealer.finish()))) == [ev.UploadEnd(bulk.hmac)]
+    assert client.state is server.state is State.AWAIT_RECEIPT
+
+
+@pytest.mark.parametrize(
+    ("index", "size", "last"),
+    [
+        (0, BULK_CHUNK - 1 + TAG_SIZE, False),
+        (0, BULK_CHUNK + 1 + TAG_SIZE, False),
+        (1, BULK_CHUNK + TAG_SIZE, False),
+        (0, BULK_CHUNK + TAG_SIZE, True),
+    ],
+    ids=["short", "long", "wrong-index", "wrong-last-flag"],
+)
+def test_chunk_header_for_the_wrong_chunk_is_refused(
+    bulk: Bulk, index: int, size: int, last: bool
+) -> None:
+    client = bulk.pair.client
+    with pytest.raises(LocalProtocolError):
+        client.send_chunk_header(ev.Chunk(index, bytes(size), last))
+    assert client.state is State.UPLOADING
+    right = ev.Chunk(0, bulk.sealed[0], False)  # still the next one: nothing advanced
+    assert feed(bulk.pair.server, client.send_chunk_header(right) + right.data) == [right]
+
+
+def test_chunk_header_before_the_handshake_is_refused(
+    server_keys: dict[str, tuple[SigningKey, bytes]],
+) -> None:
+    key, certificate = server_keys["ecdsa-p256"]
+    client = ClientConnection(PinnedCertificate(certificate))
+    server = ServerConnection(certificate, key)
+    chunk = ev.Chunk(0, bytes(1 + TAG_SIZE), True)
+    with pytest.raises(LocalProtocolError):
+        client.send_chunk_header(chunk)
+    assert client.state is State.START
+    assert feed(server, client.initiate()) == []
+    # The server has its sending key once it answered the hello, but no session yet.
+    with pytest.raises(LocalProtocolError):
+        server.send_chunk_header(chunk)
+    with pytest.raises(LocalProtocolError):
+        client.send_chunk_header(chunk)
+    assert (client.state, server.state) == (State.WAIT_SERVER_HELLO, State.WAIT_CLIENT_FINISHED)
+    # Nothing was disturbed: the handshake completes.
+    (client_done,) = feed(client, server.data_to_send())
+    (server_done,) = feed(server, client.data_to_send())
+    assert isinstance(client_done, ev.HandshakeComplete) and client_done == server_done
+
+
+def test_chunk_header_outside_an_upload_is_refused(bulk: Bulk, make_pair: PairFactory) -> None:
+    idle = make_pair()
+    idle.handshake()
+    chunk = ev.Chunk(0, bulk.sealed[0], False)
+    with pytest.raises(LocalProtocolError):
+        idle.client.send_chunk_header(chunk)
+    assert idle.client.state is State.IDLE
+    bulk.pair.client.receive_data(b"")  # the server went away mid-upload
+    with pytest.raises(RemoteProtocolError):
+        bulk.pair.client.next_event()
+    assert bulk.pair.client.state is State.CLOSED
+    with pytest.raises(LocalProtocolError):
+        bulk.pair.client.send_chunk_header(chunk)
