@@ -306,11 +306,12 @@ def test_open_into_a_buffer_gives_the_same_bytes_as_open() -> None:
 
 
 def test_into_a_buffer_too_small_is_a_value_error() -> None:
+    sealer = StreamSealer(STREAM_HEADER, STREAM_KEY)
     with pytest.raises(ValueError) as caught:
-        StreamSealer(STREAM_HEADER, STREAM_KEY).seal(
-            STREAM_PIECES[0], into=memoryview(bytearray(4096 + TAG_SIZE - 1))
-        )
+        sealer.seal(STREAM_PIECES[0], into=memoryview(bytearray(4096 + TAG_SIZE - 1)))
     assert caught.type is ValueError
+    # The sealer did not move on either: chunk 0 is sealed again, as chunk 0.
+    assert sealer.seal(STREAM_PIECES[0]) == sealed_chunks()[0]
     chunk = sealed_chunks()[0]
     opener = StreamOpener(STREAM_HEADER, STREAM_KEY)
     with pytest.raises(ValueError) as caught:

@@ -644,6 +644,18 @@ def test_lending_twice_for_one_record_is_refused(bulk: Bulk) -> None:
     assert server.next_event() is NEED_DATA
 
 
+def test_more_data_before_the_lent_body_is_taken_is_refused(bulk: Bulk) -> None:
+    server = bulk.pair.server
+    first, second = bulk.record(0), bulk.record(1)
+    server.receive_data(first[:RECORD_HEADER_SIZE])
+    server.receive_record_body(bytearray(first[RECORD_HEADER_SIZE:]))
+    with pytest.raises(LocalProtocolError):  # it would be lost, not queued
+        server.receive_data(second[:3])
+    assert server.next_event() == ev.Chunk(0, bulk.sealed[0], False)
+    server.receive_data(second)
+    assert server.next_event() == ev.Chunk(1, bulk.sealed[1], False)
+
+
 def test_lending_after_end_of_stream_is_refused(bulk: Bulk) -> None:
     server = bulk.pair.server
     record = bulk.record(0)

@@ -134,6 +134,8 @@ class _Connection:
         """Buffer bytes from the peer; ``b""`` means the peer closed its side."""
         if self._eof and data:
             raise LocalProtocolError("data received after end of stream")
+        if self._lent_body is not None and data:
+            raise LocalProtocolError("call next_event() for the lent record body first")
         if data:
             self._inbox += data
         else:

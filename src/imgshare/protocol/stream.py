@@ -163,7 +163,8 @@ class StreamSealer(_StreamState):
 
         With ``into`` (at least ``len(plaintext) + TAG_SIZE`` bytes), the sealed chunk
         is written there and a view of it returned: a sender that reuses one buffer
-        touches no fresh memory per chunk.
+        touches no fresh memory per chunk. A smaller one raises ``ValueError`` and
+        changes nothing.
         """
         if self.done:
             raise LocalProtocolError("all chunks of this upload are already sealed")
@@ -172,13 +173,15 @@ class StreamSealer(_StreamState):
             raise LocalProtocolError(
                 f"chunk {index} must be {self.header.plaintext_length(index)} bytes"
             )
+        nonce = chunk_nonce(self.header.nonce_prefix, index, last)
+        sealed: bytes | memoryview
+        if into is None:
+            sealed = self._aead.encrypt(nonce, plaintext, self._aad)
+        else:  # ValueError if too small, before anything has moved on
+            sealed = into[: len(plaintext) + TAG_SIZE]
+            self._aead.encrypt_into(nonce, plaintext, self._aad, sealed)
         self._mac.update(plaintext)
         self.next_index += 1
-        nonce = chunk_nonce(self.header.nonce_prefix, index, last)
-        if into is None:
-            return self._aead.encrypt(nonce, plaintext, self._aad)
-        sealed = into[: len(plaintext) + TAG_SIZE]
-        self._aead.encrypt_into(nonce, plaintext, self._aad, sealed)
         return sealed
 
     def finish(self) -> bytes:

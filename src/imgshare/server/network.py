@@ -98,7 +98,7 @@ class ThreadReuse:
 
     def __init__(self, keep: float = 30.0) -> None:
         self._keep = keep
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._idle = 0
         self._lock = threading.Lock()
 
@@ -110,10 +110,19 @@ class ThreadReuse:
                 self._idle -= 1
                 self._jobs.put(job)
                 return
-        threading.Thread(target=self._work, args=(job,), name="connection", daemon=True).start()
+        box = [job]  # emptied by the thread, so that Thread keeps no reference to the job
+        threading.Thread(target=self._work, args=(box,), name="connection", daemon=True).start()
 
-    def _work(self, job: Callable[[], None]) -> None:
-        while True:
+    def close(self) -> None:
+        """Let every idle thread exit now (running jobs finish as they will)."""
+        with self._lock:
+            for _ in range(self._idle):
+                self._jobs.put(None)
+            self._idle = 0
+
+    def _work(self, box: list[Callable[[], None]]) -> None:
+        job: Callable[[], None] | None = box.pop()
+        while job is not None:
             job()
             del job  # drop the finished connection before waiting
             with self._lock:
@@ -443,6 +452,7 @@ class Server:
         for handler in remaining:
             handler.abort()  # their uploads roll back in Session.close()
         self._wait_for_handlers(5.0)
+        self._threads.close()
         log.info("stopped", extra=fields(rolled_back=len(remaining)))
 
     def _wait_for_handlers(self, seconds: float) -> list[ConnectionHandler]:
