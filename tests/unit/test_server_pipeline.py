@@ -8,7 +8,9 @@ submits, every earlier item has been processed and its buffer given back.
 
 from __future__ import annotations
 
+import gc
 import threading
+import types
 
 from imgshare.server.pipeline import Item, Pipeline
 
@@ -108,3 +110,21 @@ def test_a_larger_request_gets_a_big_enough_buffer() -> None:
     pipeline.close()
     assert recorder.seen[0] == b"s" * 16
     assert recorder.seen[3] == b"b" * 1000
+
+
+def _holders(obj: object) -> list[object]:
+    """What still refers to ``obj``, apart from this test's frames."""
+    return [r for r in gc.get_referrers(obj) if not isinstance(r, types.FrameType)]
+
+
+def test_close_and_cancel_let_the_buffers_go() -> None:
+    # The pipeline's owner and its step usually refer to each other (a cycle the
+    # garbage collector frees late), so the pipeline must drop its buffers itself.
+    for stop in (Pipeline.close, Pipeline.cancel):
+        pipeline = Pipeline(lambda item: None, depth=1)
+        view = pipeline.buffer(64)
+        base = view.obj
+        pipeline.submit(view)
+        del view
+        stop(pipeline)
+        assert _holders(base) == []

@@ -103,3 +103,9 @@ class Pipeline:
             self._closed = True
             self._queue.put(None)
             self.thread.join()
+            # Let the buffers go now: the owner and its step refer to each other, and
+            # such a cycle waits for the garbage collector (measured: +7 MiB per big
+            # upload until a collection ran).
+            self._made.clear()
+            while not self._spare.empty():
+                self._spare.get_nowait()

@@ -162,6 +162,7 @@ class Upload:
             raise
         finally:
             self._close_scratch()
+            self._plaintext = memoryview(b"")  # the pipeline has stopped: free it now
         return ev.ReceiptBody(
             image_id=self.image_id,
             upload_id=self.header.upload_id,
@@ -204,6 +205,8 @@ class Upload:
         if self._plain is not None:
             self._plain.abort()
         self._close_scratch()
+        if not self._pipeline.thread.is_alive():
+            self._plaintext = memoryview(b"")
 
     def _close_scratch(self) -> None:
         if self._scratch is not None:
