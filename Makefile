@@ -50,6 +50,7 @@ $(BENCHSTAMP): pyproject.toml | $(BIN)/python
 
 bench: $(BENCHSTAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.floor
 
 bench-quick: $(BENCHSTAMP)
 	$(BIN)/python -m bench.run --quick
