@@ -17,6 +17,7 @@ from imgshare.images import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
     ImagePolicy,
+    _sequential_jpeg_sound,
     sniff_extension,
     validate_image,
 )
@@ -282,3 +283,114 @@ def test_big_uncompressed_tiff_is_checked_without_decoding_it(tmp_path: Path) ->
     ).stdout.split()
     assert out[:2] == ["6000", "6000"]
     assert int(out[2]) < 100 * 1024, f"peak RSS {out[2]} KiB: the pixels were decoded"
+
+
+# --- JPEG: a single sequential scan is proven complete, not Huffman-decoded --------
+
+
+def scan_bounds(data: bytes) -> tuple[int, int]:
+    """Where the first scan's entropy-coded data starts, and where EOI is."""
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    return start, data.rindex(b"\xff\xd9")
+
+
+def decodes(data: bytes) -> bool:
+    """Pillow's own verdict: a full decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"restart_marker_blocks": 3}, {"subsampling": 0}, {"progressive": True}],
+    ids=["baseline", "restart-markers", "4:4:4", "progressive"],
+)
+def test_sequential_and_progressive_jpegs_pass(options: dict[str, object]) -> None:
+    data = encode(photo(160, 120), "JPEG", quality=85, **options)
+    assert validate_image(io.BytesIO(data)).format == "JPEG"
+
+
+def test_grayscale_and_cmyk_jpegs_pass() -> None:
+    for image in (photo().convert("L"), photo().convert("CMYK")):
+        assert validate_image(io.BytesIO(encode(image, "JPEG"))).format == "JPEG"
+
+
+def test_jpeg_without_its_end_marker_is_rejected() -> None:
+    data = encode(photo(160, 120), "JPEG")
+    with pytest.raises(ImageError, match="truncated"):
+        validate_image(io.BytesIO(data[:-2]))
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.5, 0.99])
+def test_jpeg_cut_anywhere_in_its_scan_is_rejected(fraction: float) -> None:
+    data = encode(photo(160, 120), "JPEG")
+    start, end = scan_bounds(data)
+    cut = data[: start + int((end - start) * fraction)]
+    with pytest.raises(ImageError, match="truncated"):
+        validate_image(io.BytesIO(cut))
+
+
+def test_jpeg_with_a_bogus_huffman_table_is_rejected_like_a_decode_does() -> None:
+    data = bytearray(encode(photo(160, 120), "JPEG"))
+    dht = data.index(b"\xff\xc4")
+    data[dht + 5] = 0xFF  # 255 one-bit codes: no such prefix code
+    assert not decodes(bytes(data))
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        validate_image(io.BytesIO(bytes(data)))
+
+
+def test_jpeg_segment_running_past_the_end_is_rejected() -> None:
+    data = bytearray(encode(photo(160, 120), "JPEG"))
+    app = data.index(b"\xff\xe0")  # JFIF APP0
+    data[app + 2 : app + 4] = (60000).to_bytes(2, "big")
+    with pytest.raises(ImageError, match=r"truncated or corrupt|unreadable"):
+        validate_image(io.BytesIO(bytes(data)))
+
+
+def test_a_foreign_marker_inside_the_scan_gets_the_decoders_verdict() -> None:
+    data = encode(photo(160, 120), "JPEG")
+    start, end = scan_bounds(data)
+    middle = (start + end) // 2
+    spliced = data[:middle] + b"\xff\xc4" + data[middle:]
+    verdict = decodes(spliced)
+    if verdict:
+        validate_image(io.BytesIO(spliced))
+    else:
+        with pytest.raises(ImageError):
+            validate_image(io.BytesIO(spliced))
+
+
+def test_corrupt_scan_data_passes_as_it_does_a_full_decode() -> None:
+    # What neither check can see: libjpeg conceals corrupt entropy-coded data.
+    data = bytearray(encode(photo(160, 120), "JPEG"))
+    start, end = scan_bounds(bytes(data))
+    rng = random.Random(3)
+    for _ in range(50):
+        at = rng.randrange(start + 1, end - 1)
+        if 0xFF not in (data[at - 1], data[at]):
+            data[at] = rng.randrange(0xFF)
+    assert decodes(bytes(data))
+    assert validate_image(io.BytesIO(bytes(data))).format == "JPEG"
+
+
+def test_trailing_bytes_after_the_jpeg_end_pass_as_they_do_a_decode() -> None:
+    data = encode(photo(160, 120), "JPEG") + b"camera trailer" * 10
+    assert decodes(data)
+    assert validate_image(io.BytesIO(data)).format == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("options", "structural"),
+    [({}, True), ({"restart_marker_blocks": 3}, True), ({"progressive": True}, False)],
+    ids=["baseline", "restart-markers", "progressive"],
+)
+def test_which_jpegs_are_proven_by_structure(options: dict[str, object], structural: bool) -> None:
+    # One interleaved sequential scan (what cameras write) is walked, not decoded;
+    # anything else falls back to the decode.
+    data = encode(photo(160, 120), "JPEG", **options)
+    assert _sequential_jpeg_sound(io.BytesIO(data), len(data)) is structural
