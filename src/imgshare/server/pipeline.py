@@ -6,8 +6,9 @@ writes release the GIL, so the two overlap on two cores. The queue is short so t
 slow disk pushes back on the sender (through TCP) instead of growing memory.
 
 Items can be received straight into buffers the pipeline recycles (``buffer``): a
-megabyte chunk then costs no allocation and no fresh memory pages, which on a VM
-(first touch of a page is slow) measured as a fifth of the server's time per byte.
+megabyte chunk then costs no allocation and no fresh memory pages, which matter on a
+VM where the first touch of a page is slow (measured per 201 MB upload: 15,000 page
+faults before, 1,800 after, and about 15 % less server CPU).
 """
 
 from __future__ import annotations
