@@ -307,6 +307,36 @@ def test_quota_exceeded(make_server: Callable[..., RunningServer], tmp_path: Pat
     client.upload(tiny)  # what still fits is accepted
 
 
+def test_quota_counts_uploads_still_arriving(
+    make_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    # Two uploads that each fit but not together: the second must be refused while
+    # the first is still arriving, not only once it is stored.
+    first = noise_image(tmp_path / "f1.png", "PNG", (60, 60), seed=1).read_bytes()
+    second = noise_image(tmp_path / "f2.png", "PNG", (60, 60), seed=2)
+    server = make_server(quota_bytes=len(first) + second.stat().st_size - 1)
+    other = server.login()
+    with server.raw() as raw:
+        raw.login("alice")
+        upload = raw.prepare_upload(first, "first.png")
+        assert isinstance(raw.begin_upload(upload), ev.UploadReady)
+        raw.send_chunk(upload, 0)
+        error = _refused(other, second)  # same user, another connection, meanwhile
+        assert error.code == ErrorCode.QUOTA_EXCEEDED
+        raw.vanish()  # the first upload is thrown away: its share of the quota returns
+    wait_until(lambda: not catalog_images(server.data) and _accepts(other, second), timeout=5.0)
+    assert [image.name for image in other.list_images()] == [second.name]
+
+
+def _accepts(client: ClientSession, path: Path) -> bool:
+    try:
+        client.upload(path)
+    except PeerError as exc:
+        assert exc.code == ErrorCode.QUOTA_EXCEEDED
+        return False
+    return True
+
+
 def test_unsupported_requests_are_refused_politely(server: RunningServer) -> None:
     with server.raw() as raw:
         raw.login("alice")

@@ -60,6 +60,34 @@ class Service:
     validations: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
     )
+    # Bytes of each user's uploads in flight, counted against the quota with what the
+    # catalog holds, so that concurrent uploads cannot overshoot it together. Per
+    # process: several server nodes will need the catalog to keep this count.
+    _in_flight: dict[int, int] = field(default_factory=dict)
+    _quota_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reserve_quota(self, user: User, size: int) -> bool:
+        """Count an upload of ``size`` bytes against ``user``'s quota; False if it
+        would not fit with what is stored and what is still arriving."""
+        if not self.quota_bytes:
+            return True
+        with self._quota_lock:
+            in_flight = self._in_flight.get(user.id, 0)
+            if self.catalog.used_bytes(user.id) + in_flight + size > self.quota_bytes:
+                return False
+            self._in_flight[user.id] = in_flight + size
+            return True
+
+    def release_quota(self, user: User, size: int) -> None:
+        """The upload ended: stored (the catalog counts it now) or thrown away."""
+        if not self.quota_bytes:
+            return
+        with self._quota_lock:
+            left = self._in_flight.get(user.id, 0) - size
+            if left > 0:
+                self._in_flight[user.id] = left
+            else:
+                self._in_flight.pop(user.id, None)
 
 
 class Upload:
@@ -77,6 +105,7 @@ class Upload:
         self._scratch: BinaryIO | None = None
         self._inbox_name: str | None = None
         self.rejection: tuple[ErrorCode, str] | None = None
+        self._reserved = begin.header.size  # quota held until finish or abort
         # One plaintext buffer, reused by every chunk (on the pipeline thread).
         self._plaintext = memoryview(bytearray(min(self.header.chunk_size, self.header.size)))
         self._pipeline = Pipeline(self._store_chunk)
@@ -162,6 +191,7 @@ class Upload:
             raise
         finally:
             self._close_scratch()
+            self._release_quota()
             self._plaintext = memoryview(b"")  # the pipeline has stopped: free it now
         return ev.ReceiptBody(
             image_id=self.image_id,
@@ -205,8 +235,14 @@ class Upload:
         if self._plain is not None:
             self._plain.abort()
         self._close_scratch()
+        self._release_quota()
         if not self._pipeline.thread.is_alive():
             self._plaintext = memoryview(b"")
+
+    def _release_quota(self) -> None:
+        reserved, self._reserved = self._reserved, 0
+        if reserved:
+            self.service.release_quota(self.user, reserved)
 
     def _close_scratch(self) -> None:
         if self._scratch is not None:
@@ -293,16 +329,17 @@ class Session:
         if self.user is None:
             self.fail(ErrorCode.AUTH_REQUIRED, "log in first")
             return
-        quota = self.service.quota_bytes
-        if quota and self.service.catalog.used_bytes(self.user.id) + event.header.size > quota:
+        if not self.service.reserve_quota(self.user, event.header.size):
             log.info("upload rejected", extra=fields(user=self.user.name, reason="quota"))
             self.fail(
-                ErrorCode.QUOTA_EXCEEDED, f"this upload would exceed your quota of {quota} bytes"
+                ErrorCode.QUOTA_EXCEEDED,
+                f"this upload would exceed your quota of {self.service.quota_bytes} bytes",
             )
             return
         try:
             self.upload = Upload(self.service, self.user, event)
         except StorageError as exc:
+            self.service.release_quota(self.user, event.header.size)
             log.error("cannot start upload: %s", exc, extra=fields(user=self.user.name))
             self.fail(ErrorCode.STORAGE_FAILED, "the server cannot store images right now")
             return
