@@ -322,8 +322,10 @@ def _single_scan_start(fp: BinaryIO, file_size: int) -> int | None:
     for _ in range(_MAX_SEGMENTS):
         fp.seek(position)
         head = fp.read(4)
-        if len(head) < 2 or head[0] != 0xFF:
+        if len(head) < 2:
             raise ImageError("image is truncated or corrupt: JPEG segment expected")
+        if head[0] != 0xFF:
+            return None  # stray bytes between segments: libjpeg may skip them, let it judge
         marker = head[1]
         if marker == 0xFF:  # fill byte before a marker
             position += 1

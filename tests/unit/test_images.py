@@ -365,6 +365,18 @@ def test_a_foreign_marker_inside_the_scan_gets_the_decoders_verdict() -> None:
             validate_image(io.BytesIO(spliced))
 
 
+def test_stray_bytes_between_jpeg_segments_get_the_decoders_verdict() -> None:
+    data = encode(photo(160, 120), "JPEG")
+    dqt = data.index(b"\xff\xdb")
+    padded = data[:dqt] + b"\x00\x00" + data[dqt:]
+    assert _sequential_jpeg_sound(io.BytesIO(padded), len(padded)) is False
+    if decodes(padded):
+        validate_image(io.BytesIO(padded))
+    else:
+        with pytest.raises(ImageError):
+            validate_image(io.BytesIO(padded))
+
+
 def test_corrupt_scan_data_passes_as_it_does_a_full_decode() -> None:
     # What neither check can see: libjpeg conceals corrupt entropy-coded data.
     data = bytearray(encode(photo(160, 120), "JPEG"))
