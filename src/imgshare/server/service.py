@@ -190,9 +190,7 @@ class Upload:
             self.abort()
             raise
         finally:
-            self._close_scratch()
-            self._release_quota()
-            self._plaintext = memoryview(b"")  # the pipeline has stopped: free it now
+            self._let_go()
         return ev.ReceiptBody(
             image_id=self.image_id,
             upload_id=self.header.upload_id,
@@ -234,20 +232,19 @@ class Upload:
         self._sealed.abort()
         if self._plain is not None:
             self._plain.abort()
-        self._close_scratch()
-        self._release_quota()
-        if not self._pipeline.thread.is_alive():
-            self._plaintext = memoryview(b"")
+        self._let_go()
 
-    def _release_quota(self) -> None:
-        reserved, self._reserved = self._reserved, 0
-        if reserved:
-            self.service.release_quota(self.user, reserved)
-
-    def _close_scratch(self) -> None:
+    def _let_go(self) -> None:
+        """Release what the upload holds besides its files (idempotent): the scratch
+        file, its share of the quota and, once the pipeline has stopped, its buffer."""
         if self._scratch is not None:
             self._scratch.close()
             self._scratch = None
+        reserved, self._reserved = self._reserved, 0
+        if reserved:
+            self.service.release_quota(self.user, reserved)
+        if not self._pipeline.thread.is_alive():
+            self._plaintext = memoryview(b"")
 
 
 class Session:
