@@ -10,32 +10,31 @@ with other parameters are upgraded on the next successful login
 
 Logins give the same answer and take the same time whether the user is unknown or
 the password wrong: an unknown user is verified against a dummy hash made at start-up
-with the same parameters. At most ``max_concurrent_hashes`` hashes run at once (2 on
-this machine), so a login flood queues instead of exhausting memory.
+with the same parameters. Hashes go through a ``HashGate`` (at most
+``max_concurrent_hashes`` at once, 2 on this machine, and a bounded wait), so a login
+flood is answered "try again" (``TryLaterError``) instead of exhausting memory or
+failing right passwords; a ``Throttle`` (the server's ``LoginThrottle``) slows
+attempts after failed logins, per account and per network.
 
 Passwords are NFKC-normalised (NIST SP 800-63B) so that the same password typed on
 different systems matches; their length (8..1024 characters) is checked after that.
 Passwords never appear in logs, reprs or error messages.
-
-Seam: per-account throttling plugs in through ``Throttle``; the default does nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import re
 import secrets
-import threading
 import unicodedata
-from collections.abc import Iterator
 from typing import Protocol
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from imgshare.errors import AuthError, ConfigError, StorageError
+from imgshare.server.logins import HashGate
 from imgshare.store.catalog import Catalog, DeletedImage, User, UserExistsError
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ ARGON2_TIME_COST = 3
 ARGON2_MEMORY_COST_KIB = 65536
 ARGON2_PARALLELISM = 1
 DEFAULT_MAX_CONCURRENT_HASHES = 2
-DEFAULT_HASH_WAIT_SECONDS = 30.0
 _AUTH_FAILED = "invalid username or password"
 
 
@@ -64,20 +62,28 @@ def default_hasher() -> PasswordHasher:
 
 
 class Throttle(Protocol):
-    """Per-account login throttling (a later issue). ``check`` raises ``AuthError``
-    to refuse an attempt; it must do so for unknown names too."""
+    """Login throttling (``imgshare.server.logins.LoginThrottle`` in the server).
 
-    def check(self, name: str) -> None: ...
-    def record(self, name: str, success: bool) -> None: ...
+    ``admit`` raises ``TryLaterError`` to refuse an attempt for now, alike for known
+    and unknown names, and returns whether the attempt may go first in the hash gate.
+    """
+
+    def admit(self, name: str, address: str | None) -> bool: ...
+    def failed(self, name: str, address: str | None) -> None: ...
+    def succeeded(self, name: str) -> None: ...
 
 
 class NoThrottle:
-    """The default ``Throttle``: allows everything."""
+    """The ``Throttle`` of admin tools: allows everything, remembers nothing."""
 
-    def check(self, name: str) -> None:
-        """Allow the attempt."""
+    def admit(self, name: str, address: str | None) -> bool:
+        """Allow the attempt, first in line."""
+        return True
 
-    def record(self, name: str, success: bool) -> None:
+    def failed(self, name: str, address: str | None) -> None:
+        """Forget it."""
+
+    def succeeded(self, name: str) -> None:
         """Forget it."""
 
 
@@ -123,17 +129,13 @@ class Accounts:
         catalog: Catalog,
         hasher: PasswordHasher | None = None,
         *,
-        max_concurrent_hashes: int = DEFAULT_MAX_CONCURRENT_HASHES,
-        hash_wait_seconds: float | None = DEFAULT_HASH_WAIT_SECONDS,
+        gate: HashGate | None = None,
         throttle: Throttle | None = None,
     ) -> None:
         """Computes one hash (the dummy for unknown users), so it takes ~170 ms."""
-        if max_concurrent_hashes < 1:
-            raise ConfigError("max_concurrent_hashes must be at least 1")
         self._catalog = catalog
         self._hasher = hasher or default_hasher()
-        self._slots = threading.BoundedSemaphore(max_concurrent_hashes)
-        self._hash_wait = hash_wait_seconds
+        self._gate = gate or HashGate(DEFAULT_MAX_CONCURRENT_HASHES)
         self._throttle: Throttle = throttle or NoThrottle()
         # Same parameters as real hashes, so an unknown user costs the same time.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(24))
@@ -141,21 +143,12 @@ class Accounts:
     def __repr__(self) -> str:
         return f"Accounts({self._catalog!r})"
 
-    @contextlib.contextmanager
-    def _hash_slot(self) -> Iterator[None]:
-        if not self._slots.acquire(timeout=self._hash_wait):
-            raise AuthError("too many logins at once; try again later")
-        try:
-            yield
-        finally:
-            self._slots.release()
-
     def _hash(self, secret: str) -> str:
-        with self._hash_slot():
+        with self._gate.slot():
             return self._hasher.hash(secret)
 
-    def _verify(self, stored_hash: str, secret: str) -> bool:
-        with self._hash_slot():
+    def _verify(self, stored_hash: str, secret: str, *, first: bool) -> bool:
+        with self._gate.slot(first=first):
             try:
                 return self._hasher.verify(stored_hash, secret)
             except InvalidHashError:
@@ -200,23 +193,27 @@ class Accounts:
         """All users, by name."""
         return self._catalog.list_users()
 
-    def authenticate(self, name: str, password: str) -> User:
+    def authenticate(self, name: str, password: str, address: str | None = None) -> User:
         """Return the user if the password is right.
 
         Raises ``AuthError("invalid username or password")`` alike for an unknown user,
-        a wrong password, and malformed input, after the same amount of hashing work;
-        ``AuthError`` also if the hash slots stay busy, ``StorageError``.
+        a wrong password, and malformed input, after the same amount of hashing work,
+        and counts it against the name and ``address`` (the client's IP address);
+        ``TryLaterError`` when the throttle or the hash gate says "not now" (nothing
+        counted); ``StorageError``.
         """
-        self._throttle.check(name)
+        first = self._throttle.admit(name, address)
         secret = _normalize_password(password)
         user = None
         if secret is not None and isinstance(name, str) and USERNAME_RE.fullmatch(name):
             user = self._catalog.get_user_by_name(name)
         stored = user.password_hash if user is not None else self._dummy_hash
-        ok = self._verify(stored, secret if secret is not None else "-" * MIN_PASSWORD_LENGTH)
-        self._throttle.record(name, ok and user is not None)
+        candidate = secret if secret is not None else "-" * MIN_PASSWORD_LENGTH
+        ok = self._verify(stored, candidate, first=first)
         if not ok or user is None or secret is None:
+            self._throttle.failed(name, address)
             raise AuthError(_AUTH_FAILED)
+        self._throttle.succeeded(name)
         if self._hasher.check_needs_rehash(stored):
             user = self._rehash(user, secret)
         return user

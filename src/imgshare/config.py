@@ -40,22 +40,29 @@ class ServerSettings:
     # storage
     inbox: bool = True
     storage_key_file: Path | None = None  # default DATA/storage.key
-    # limits
+    # limits (docs/security.md explains each)
     max_connections: int = 2048
     max_connections_per_address: int = 128
-    trusted_networks: tuple[str, ...] = (
-        "127.0.0.0/8",
-        "::1/128",
-    )  # exempt from the per-address cap
+    max_unauthenticated: int = 0  # connections not logged in yet; 0: max_connections // 8
+    trusted_networks: tuple[str, ...] = ()  # exempt from the per-address cap; none by default
     max_image_size: int = 256 * MIB
     max_pixels: int = 100_000_000
     quota_bytes: int = 10 * 1024 * MIB
-    max_login_failures: int = 5
+    max_uploads_per_user: int = 4  # uploads in flight at once
+    upload_memory: int = 256 * MIB  # buffers of all uploads in flight
+    min_transfer_bytes: int = 64 * 1024  # per transfer_window while an image streams
+    # logins
+    max_login_failures: int = 5  # per connection, then it is closed
+    login_failures_per_account: int = 5  # free failures before logins are delayed
+    login_failures_per_address: int = 20
+    login_delay: float = 1.0  # the first delay; it doubles with every failure
+    login_delay_max: float = 60.0
     # time
     tls_handshake_timeout: float = 10.0
     app_handshake_timeout: float = 10.0
+    login_timeout: float = 10.0  # application handshake -> logged in
     idle_timeout: float = 300.0
-    transfer_timeout: float = 60.0
+    transfer_window: float = 20.0
     shutdown_grace: float = 10.0
     # logging
     log_format: str = "human"
@@ -81,19 +88,31 @@ class ServerSettings:
             "max_connections_per_address",
             "max_image_size",
             "max_pixels",
+            "max_uploads_per_user",
+            "upload_memory",
+            "min_transfer_bytes",
+            "max_login_failures",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("quota_bytes",):
+        for name in (
+            "quota_bytes",
+            "max_unauthenticated",
+            "login_failures_per_account",
+            "login_failures_per_address",
+        ):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be 0 (none) or more")
-        if self.max_login_failures < 1:
-            raise ConfigError("max_login_failures must be at least 1")
+                raise ConfigError(f"{name} must be 0 or more")
+        if self.max_unauthenticated > self.max_connections:
+            raise ConfigError("max_unauthenticated must not exceed max_connections")
         for name in (
             "tls_handshake_timeout",
             "app_handshake_timeout",
+            "login_timeout",
             "idle_timeout",
-            "transfer_timeout",
+            "transfer_window",
+            "login_delay",
+            "login_delay_max",
             "shutdown_grace",
         ):
             seconds = getattr(self, name)
@@ -108,6 +127,12 @@ class ServerSettings:
                 ipaddress.ip_network(network)
             except ValueError as exc:
                 raise ConfigError(f"trusted_networks: {network!r} is not a network") from exc
+
+    @property
+    def unauthenticated_cap(self) -> int:
+        """Connections that may wait to log in at once: the setting, or an eighth of
+        ``max_connections`` (256 of the default 2048)."""
+        return self.max_unauthenticated or max(1, self.max_connections // 8)
 
     @property
     def cert_dir(self) -> Path:

@@ -16,7 +16,9 @@ the boundary with ``raise ... from exc``.
     ├── PeerError              the peer answered with a protocol error code
     ├── ImageError             the bytes are not an acceptable image
     ├── StorageError           the data folder or catalog failed
+    ├── QuotaError             an upload would exceed the user's quota
     ├── AuthError              wrong credentials, or not allowed
+    ├── TryLaterError          overloaded or throttled: retry after ``retry_after`` s
     └── TransportError         network, TLS or timeout failure
 
 Crypto failures are opaque on purpose: an ``IntegrityError`` never says which byte
@@ -67,11 +69,15 @@ class IntegrityError(RemoteProtocolError):
 
 
 class PeerError(ImgshareError):
-    """The peer reported an error with a protocol error code."""
+    """The peer reported an error with a protocol error code.
 
-    def __init__(self, message: str, code: int) -> None:
+    ``retry_after`` is the wait in seconds that a TRY_LATER answer asked for (else 0).
+    """
+
+    def __init__(self, message: str, code: int, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after = retry_after
 
 
 class ImageError(ImgshareError):
@@ -82,8 +88,24 @@ class StorageError(ImgshareError):
     """The data folder, blob store or catalog failed."""
 
 
+class QuotaError(ImgshareError):
+    """An upload would exceed its owner's quota (stored plus still arriving)."""
+
+
 class AuthError(ImgshareError):
     """Wrong username or password, or the action is not allowed."""
+
+
+class TryLaterError(ImgshareError):
+    """Not now: too many logins waiting, a login throttle, or too many uploads.
+
+    Nothing was done and nothing counted against the caller; the same request may be
+    sent again after ``retry_after`` seconds.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(0.0, retry_after)
 
 
 class TransportError(ImgshareError):

@@ -11,20 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any, TextIO
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-_CONTROL[ord("\\")] = "\\\\"
+from imgshare.safetext import escape
 
-
-def escape(text: str) -> str:
-    """Make client-controlled text safe for a one-line log: no control characters.
-
-    A newline in an image name or an error text would otherwise forge a whole log
-    line (CWE-117); backslashes are doubled so an escape can't be faked either.
-    """
-    return text.translate(_CONTROL)
+__all__ = [
+    "HumanFormatter",
+    "JsonFormatter",
+    "SummarizedLog",
+    "configure",
+    "escape",
+    "fields",
+]
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -75,3 +77,60 @@ def configure(log_format: str = "human", level: str = "info", stream: TextIO | N
 def fields(**values: Any) -> dict[str, Any]:
     """``extra=`` argument carrying structured fields: ``log.info(msg, extra=fields(id=...))``."""
     return {"fields": values}
+
+
+class SummarizedLog:
+    """Log lines that an attacker can cause, at a bounded rate.
+
+    Of each kind of event (a failed TLS handshake, a refused connection...), the first
+    ``burst`` in every ``interval`` seconds are logged one line each; the rest are only
+    counted, and ``flush()`` (called often, e.g. from the accept loop) logs one summary
+    line per kind once the interval is over: a scan that fails 16,000 handshakes
+    writes a few lines a minute, not 16,000. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 60.0,
+        burst: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._interval = interval
+        self._burst = burst
+        self._clock = clock
+        self._started = clock()
+        self._seen: Counter[str] = Counter()
+        self._addresses: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def event(self, kind: str, message: str, peer: str = "", **values: Any) -> None:
+        """Log (or count) one event of ``kind``; ``peer`` is the client's address."""
+        with self._lock:
+            self._seen[kind] += 1
+            addresses = self._addresses.setdefault(kind, set())
+            if len(addresses) < 10_000:  # a bound on memory, not on the count
+                addresses.add(peer.rsplit(":", 1)[0])
+            quiet = self._seen[kind] > self._burst
+        if not quiet:
+            self._log.info(message, extra=fields(event=kind, peer=peer, **values))
+
+    def flush(self, *, force: bool = False) -> None:
+        """Log a summary per kind whose interval is over (all of them with ``force``)."""
+        now = self._clock()
+        with self._lock:
+            if not force and now - self._started < self._interval:
+                return
+            seen, self._seen = self._seen, Counter()
+            addresses, self._addresses = self._addresses, {}
+            elapsed, self._started = now - self._started, now
+        for kind, count in sorted(seen.items()):
+            if count > self._burst:
+                self._log.warning(
+                    "%d more %s event(s) in the last %.0f s, not logged one by one",
+                    count - self._burst,
+                    kind,
+                    elapsed,
+                    extra=fields(event=kind, total=count, addresses=len(addresses[kind])),
+                )

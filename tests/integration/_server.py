@@ -287,7 +287,7 @@ class InProcessServer:
         try:
             self.stop(0.0)
         finally:
-            self.server.service.catalog.close()
+            self.server.service.close()
 
 
 @contextlib.contextmanager

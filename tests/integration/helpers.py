@@ -427,7 +427,7 @@ class RunningServer:
         try:
             self.stop()
         finally:
-            self.server.service.catalog.close()
+            self.server.service.close()
 
 
 def start_server(

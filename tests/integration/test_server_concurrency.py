@@ -147,7 +147,9 @@ def test_200_clients_upload_at_once_and_all_succeed(tmp_path: Path) -> None:
     raise_fd_limit(4 * CLIENTS + 256)  # client + server socket, image and temp files each
     images = _noise_images(tmp_path / "images", CLIENTS)
     timing: dict[str, float] = {}
-    with in_process_server(tmp_path / "data", USERS) as srv:
+    # One host plays 200 clients: trust it, and give each of the 4 users 50 uploads.
+    many = {"trusted_networks": ("127.0.0.0/8",), "max_uploads_per_user": 50}
+    with in_process_server(tmp_path / "data", USERS, **many) as srv:
         results = _upload_all_at_once(srv, images, timing)
         assert timing["connections"] == CLIENTS  # all were connected at once
         _download_and_compare(srv, results, images, tmp_path / "downloads")
@@ -335,8 +337,18 @@ def test_per_address_cap_applies_outside_trusted_networks(tmp_path: Path) -> Non
             session.close()
 
 
-def test_loopback_is_exempt_from_the_per_address_cap_by_default(tmp_path: Path) -> None:
+def test_loopback_is_not_trusted_by_default(tmp_path: Path) -> None:
+    """Finding 6: behind a same-host proxy every client is 127.0.0.1, so loopback must
+    not be exempt from the per-address cap unless the operator says so."""
     with in_process_server(tmp_path / "data", ["ann"], max_connections_per_address=2) as srv:
+        sessions = [login(srv.port, srv.context, "ann") for _ in range(2)]
+        try:
+            assert _refused(srv.port, srv.context)
+        finally:
+            for session in sessions:
+                session.close()
+    trusted = {"max_connections_per_address": 2, "trusted_networks": ("127.0.0.0/8",)}
+    with in_process_server(tmp_path / "data2", ["ann"], **trusted) as srv:
         sessions = [login(srv.port, srv.context, "ann") for _ in range(4)]
         for session in sessions:
             session.close()

@@ -13,7 +13,8 @@ import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
 
 from imgshare.accounts import Accounts, check_username, default_hasher
-from imgshare.errors import AuthError, ConfigError
+from imgshare.errors import AuthError, ConfigError, TryLaterError
+from imgshare.server.logins import HashGate, LoginThrottle
 from imgshare.store.catalog import SQLiteCatalog, UserExistsError
 
 PASSWORD = "correct horse battery staple"
@@ -177,7 +178,7 @@ def test_default_parameters_are_argon2id_with_documented_cost(catalog: SQLiteCat
 
 
 def test_concurrent_hashes_are_bounded(catalog: SQLiteCatalog, hasher: CountingHasher) -> None:
-    accounts = Accounts(catalog, hasher, max_concurrent_hashes=2)
+    accounts = Accounts(catalog, hasher, gate=HashGate(2))
     accounts.add_user("alice", PASSWORD)
     hasher.delay = 0.02
     failures: list[BaseException] = []
@@ -197,16 +198,25 @@ def test_concurrent_hashes_are_bounded(catalog: SQLiteCatalog, hasher: CountingH
     assert hasher.peak == 2
 
 
-def test_busy_hash_slots_turn_logins_away(catalog: SQLiteCatalog, hasher: CountingHasher) -> None:
-    accounts = Accounts(catalog, hasher, max_concurrent_hashes=1, hash_wait_seconds=0.05)
+def test_busy_hash_slots_say_try_later_not_wrong_password(
+    catalog: SQLiteCatalog, hasher: CountingHasher
+) -> None:
+    """Finding 3: a login that waited too long for a hash slot was answered
+    "invalid username or password" and counted as a failure."""
+    throttle = LoginThrottle(catalog)
+    accounts = Accounts(catalog, hasher, gate=HashGate(1, max_wait=0.05), throttle=throttle)
     accounts.add_user("alice", PASSWORD)
     hasher.delay = 0.3
     slow = threading.Thread(target=accounts.authenticate, args=("alice", PASSWORD))
     slow.start()
     time.sleep(0.1)
-    with pytest.raises(AuthError, match="try again later"):
-        accounts.authenticate("alice", PASSWORD)
+    with pytest.raises(TryLaterError, match="too many logins") as raised:
+        accounts.authenticate("alice", PASSWORD, "192.0.2.7")
+    assert raised.value.retry_after > 0
     slow.join()
+    assert catalog.login_failures("account", "alice", 0) == (0, 0)  # not counted
+    assert catalog.login_failures("address", "192.0.2.7", 0) == (0, 0)
+    assert accounts.authenticate("alice", PASSWORD).name == "alice"
 
 
 def test_passwords_never_reach_the_logs(

@@ -101,7 +101,7 @@ def test_environ_none_means_the_process_environment(monkeypatch: pytest.MonkeyPa
         ("inbox", "1", True),
         ("max_image_size", "1048576", 1048576),
         ("quota_bytes", "0", 0),
-        ("transfer_timeout", "2.5", 2.5),
+        ("transfer_window", "2.5", 2.5),
         ("trusted_networks", "10.0.0.0/8, 192.168.0.0/16", ("10.0.0.0/8", "192.168.0.0/16")),
         ("extra_hosts", "imgs.example.org,192.0.2.10", ("imgs.example.org", "192.0.2.10")),
         ("log_format", "json", "json"),
@@ -215,7 +215,7 @@ def test_keys_outside_the_server_table_are_not_ignored(tmp_path: Path) -> None:
         ("max_pixels", "-5"),
         ("idle_timeout", "0"),
         ("tls_handshake_timeout", "-1.0"),
-        ("transfer_timeout", '"soon"'),
+        ("transfer_window", '"soon"'),
         ("trusted_networks", '["10.0.0.0/8", "not a network"]'),
     ],
 )

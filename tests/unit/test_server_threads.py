@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from imgshare.server.network import ThreadReuse
+from imgshare.server.threads import ThreadReuse
 
 #: Upper bound of any wait: generous, because only a bug makes a test wait this long.
 WAIT = 3.0

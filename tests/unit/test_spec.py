@@ -77,6 +77,7 @@ def test_limits_table_matches_constants() -> None:
         "MAX_TOKEN_BYTES",
         "MAX_MESSAGE_TEXT_BYTES",
         "MAX_LIST_ENTRIES",
+        "MAX_RETRY_AFTER_MS",
     ):
         assert int(rows[name].split()[0]) == getattr(k, name), name
     limits = Limits()

@@ -82,4 +82,4 @@ def serve(config_file: Path | None, **flags: Any) -> None:
         server.serve_forever()
     finally:
         server.stop(settings.shutdown_grace)
-        server.service.catalog.close()
+        server.service.close()

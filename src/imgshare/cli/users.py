@@ -73,7 +73,11 @@ def list_users(data: Path) -> None:
 @_DATA
 @click.option("--purge", is_flag=True, help="Also delete the user's images (sealed and inbox).")
 def remove(name: str, data: Path, purge: bool) -> None:
-    """Remove user NAME. Refused while they own images, unless --purge."""
+    """Remove user NAME. Refused while they own images, unless --purge.
+
+    A running server ends the user's open sessions and uploads within a second; the
+    user's id is never given to anyone else.
+    """
     from imgshare.server import open_catalog
     from imgshare.server.app import DataPaths
     from imgshare.store import FileBlobStore, Inbox
@@ -83,7 +87,9 @@ def remove(name: str, data: Path, purge: bool) -> None:
         deleted = catalog.remove_user(name, purge=purge)
     blobs, inbox = FileBlobStore(paths.root), Inbox(paths.inbox)
     for image in deleted:
+        inbox_name = image.inbox_name
+        if inbox_name:  # the plaintext first
+            inbox.delete(image.owner_name, inbox_name)
         blobs.delete(image.image_id)
-        if image.inbox_name:
-            inbox.delete(image.owner_name, image.inbox_name)
+    inbox.remove_empty_folder(name)
     click.echo(f"user {name} removed" + (f" with {len(deleted)} image(s)" if deleted else ""))

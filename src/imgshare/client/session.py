@@ -10,8 +10,10 @@ import hashlib
 import io
 import logging
 import os
+import random
 import socket
 import ssl
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -102,16 +104,32 @@ class DownloadResult:
 
 
 def _peer_error(event: ev.Error) -> PeerError:
-    return PeerError(f"server: {event.message or event.code.name}", int(event.code))
+    return PeerError(
+        f"server: {event.message or event.code.name}", int(event.code), event.retry_after_ms / 1000
+    )
+
+
+#: How long a request keeps being retried when the server answers TRY_LATER.
+DEFAULT_RETRY_FOR = 60.0
+#: Back-off between retries when the server's hint is shorter: 0.1 s, doubling, to 5 s.
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 
 
 class ClientSession:
-    """One connection to an imgshare server. Use ``connect`` and close it (or ``with``)."""
+    """One connection to an imgshare server. Use ``connect`` and close it (or ``with``).
 
-    def __init__(self, sock: ssl.SSLSocket, conn: ClientConnection) -> None:
+    A request the server answers with TRY_LATER (too many logins or uploads at once, a
+    login throttle) is sent again after the server's hint, with back-off and jitter,
+    for up to ``retry_for`` seconds; then the ``PeerError`` (code TRY_LATER) is raised.
+    """
+
+    def __init__(
+        self, sock: ssl.SSLSocket, conn: ClientConnection, retry_for: float = DEFAULT_RETRY_FOR
+    ) -> None:
         self._sock = sock
         self._conn = conn
         self.username: str | None = None
+        self.retry_for = retry_for
 
     @classmethod
     def connect(
@@ -211,12 +229,31 @@ class ClientSession:
     def _request(self, event: ev.Event) -> None:
         self._write(self._conn.send(event) + self._conn.data_to_send())
 
+    def _ask(self, event: ev.Event, *expected: type[ev.Event]) -> ev.Event:
+        """Send a request and return its answer, retrying while the server says
+        TRY_LATER (see the class docstring)."""
+        give_up = time.monotonic() + self.retry_for
+        backoff = _BACKOFF_FIRST
+        while True:
+            self._request(event)
+            try:
+                return self._answer(*expected)
+            except PeerError as exc:
+                if exc.code != ErrorCode.TRY_LATER:
+                    raise
+                wait = max(exc.retry_after, backoff) * random.uniform(1.0, 1.25)
+                if time.monotonic() + wait > give_up:
+                    raise
+                log.info("server busy, retrying in %.1f s: %s", wait, exc)
+                time.sleep(wait)
+                backoff = min(_BACKOFF_MAX, backoff * 2)
+
     # -- requests ------------------------------------------------------------------
 
     def login(self, username: str, password: str) -> str:
-        """Log in; raises ``PeerError`` (AUTH_FAILED) for a wrong name or password."""
-        self._request(ev.Login(username, password))
-        answer = self._answer(ev.LoginOk)
+        """Log in; raises ``PeerError`` (AUTH_FAILED) for a wrong name or password, or
+        (TRY_LATER) when the server still says "not now" after ``retry_for`` seconds."""
+        answer = self._ask(ev.Login(username, password), ev.LoginOk)
         assert isinstance(answer, ev.LoginOk)
         self.username = answer.username
         return answer.username
@@ -248,8 +285,7 @@ class ClientSession:
             header, content_key = new_upload(
                 clean_name(name or path.name), size, os.urandom, chunk_size
             )
-            self._request(ev.UploadBegin(header, content_key))
-            self._answer(ev.UploadReady)
+            self._ask(ev.UploadBegin(header, content_key), ev.UploadReady)
             sealer = StreamSealer(header, content_key)
             digest = hashlib.sha256() if sha256 else None
             # Two buffers reused for every chunk (no fresh pages, no copies): the file is

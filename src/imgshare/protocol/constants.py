@@ -37,6 +37,7 @@ MAX_PASSWORD_BYTES: Final = 1024
 MAX_TOKEN_BYTES: Final = 256
 MAX_MESSAGE_TEXT_BYTES: Final = 1024
 MAX_LIST_ENTRIES: Final = 1000
+MAX_RETRY_AFTER_MS: Final = 3_600_000  # a TRY_LATER hint is at most an hour
 
 #: Context strings. Each signature and each derived key has its own, so a value made
 #: for one purpose can never be accepted for another.
@@ -112,6 +113,7 @@ class ErrorCode(enum.IntEnum):
     SHUTTING_DOWN = 22
     STORAGE_FAILED = 23
     INTERNAL = 24
+    TRY_LATER = 25  # overloaded or throttled: not processed, retry after the hint
 
 
 class Group(enum.IntEnum):

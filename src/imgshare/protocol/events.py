@@ -13,6 +13,7 @@ from imgshare.protocol import codec
 from imgshare.protocol.constants import (
     HMAC_SIZE,
     IMAGE_ID_SIZE,
+    MAX_RETRY_AFTER_MS,
     RECEIPT_SIGNATURE_CONTEXT,
     SIGNATURE_PAD,
     ErrorCode,
@@ -41,11 +42,23 @@ class HandshakeComplete(Event):
 
 @dataclass(frozen=True, slots=True)
 class Error(Event):
-    """An error reported by the peer (or to be sent to it). Fatal errors end the session."""
+    """An error reported by the peer (or to be sent to it). Fatal errors end the session.
+
+    ``retry_after_ms`` is carried only by TRY_LATER: how long the client should wait
+    before it sends the same request again. Raises ``ValueError`` if it is out of
+    range or given with another code.
+    """
 
     code: ErrorCode
     message: str = ""
     fatal: bool = False
+    retry_after_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.retry_after_ms <= MAX_RETRY_AFTER_MS:
+            raise ValueError(f"retry_after_ms must be 0..{MAX_RETRY_AFTER_MS}")
+        if self.retry_after_ms and self.code is not ErrorCode.TRY_LATER:
+            raise ValueError("only TRY_LATER carries a retry hint")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from imgshare.protocol.constants import (
     MAX_MESSAGE_TEXT_BYTES,
     MAX_NAME_BYTES,
     MAX_PASSWORD_BYTES,
+    MAX_RETRY_AFTER_MS,
     MAX_TOKEN_BYTES,
     MAX_USERNAME_BYTES,
     RANDOM_SIZE,
@@ -196,8 +197,11 @@ def _fields(event: ev.Event) -> bytes:
             return content_key + image_id + header.encode()
         case ev.ImageList(images):
             return codec.u32(len(images)) + b"".join(_encode_entry(e) for e in images)
-        case ev.Error(code, message, fatal):
-            return codec.u16(code) + codec.u8(int(fatal)) + codec.var16(_clip(message))
+        case ev.Error(code, message, fatal, retry_after_ms):
+            body = codec.u16(code) + codec.u8(int(fatal)) + codec.var16(_clip(message))
+            if code is ErrorCode.TRY_LATER:
+                body += codec.u32(retry_after_ms)
+            return body
     raise TypeError(f"{type(event).__name__} is not a sealed message")
 
 
@@ -278,7 +282,12 @@ def _parse_error(reader: codec.Reader) -> ev.Error:
     if fatal > 1:
         raise codec.malformed("ERROR fatal flag")
     message = reader.text(reader.var16(), MAX_MESSAGE_TEXT_BYTES)
-    return ev.Error(code, message, bool(fatal))
+    if code is not ErrorCode.TRY_LATER:
+        return ev.Error(code, message, bool(fatal))
+    retry_after_ms = reader.u32()
+    if retry_after_ms > MAX_RETRY_AFTER_MS:
+        raise codec.malformed("TRY_LATER retry hint")
+    return ev.Error(code, message, bool(fatal), retry_after_ms)
 
 
 def _parse_fields(message_type: MessageType, reader: codec.Reader) -> ev.Event:

@@ -1,6 +1,31 @@
-"""The imgshare server: ``service`` (what a request does) and ``network`` (how bytes move)."""
+"""The imgshare server: ``service`` (what a request does) and ``network`` (how bytes move).
 
-from imgshare.server.app import build_server, build_service, open_catalog
-from imgshare.server.network import Server
+The names below load on first use, so that admin commands which need one small
+module of this package (``imgshare user add`` and the hash gate) do not import the
+whole server.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imgshare.server.app import build_server, build_service, open_catalog
+    from imgshare.server.network import Server
 
 __all__ = ["Server", "build_server", "build_service", "open_catalog"]
+
+_HOMES = {
+    "Server": "imgshare.server.network",
+    "build_server": "imgshare.server.app",
+    "build_service": "imgshare.server.app",
+    "open_catalog": "imgshare.server.app",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

@@ -18,14 +18,16 @@ from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import serialization
 
 from imgshare import images, pki, tls
-from imgshare.accounts import Accounts
+from imgshare.accounts import DEFAULT_MAX_CONCURRENT_HASHES, Accounts
 from imgshare.config import ServerSettings
 from imgshare.errors import ConfigError, StorageError
 from imgshare.logs import fields
 from imgshare.protocol import Limits
 from imgshare.protocol.keys import SigningKey, scheme_for
+from imgshare.server.logins import HashGate, LoginThrottle, ThrottlePolicy
 from imgshare.server.network import NetworkSettings, Server
 from imgshare.server.service import Service
+from imgshare.server.uploads import MIN_UPLOAD_MEMORY, UploadSlots
 from imgshare.store import (
     FileBlobStore,
     Inbox,
@@ -35,6 +37,7 @@ from imgshare.store import (
     storage_key_from_env,
     sweep,
 )
+from imgshare.store.lock import DataFolderLock, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -111,32 +114,72 @@ def _certificates(settings: ServerSettings) -> None:
 
 
 def build_service(
-    settings: ServerSettings, password_hasher: PasswordHasher | None = None
+    settings: ServerSettings,
+    password_hasher: PasswordHasher | None = None,
+    *,
+    lock: DataFolderLock | None = None,
 ) -> Service:
-    """Open (or create) the data folder's stores and sweep what a crash left."""
+    """Lock the data folder (unless ``lock`` is given), open (or create) its stores,
+    check that they are writable, and sweep what a crash left.
+
+    Raises ``DataFolderInUse`` if another server holds the folder, ``StorageError``
+    if it cannot be written, ``ConfigError``.
+    """
+    _make_data_dir(settings.data)
+    held = lock or DataFolderLock.acquire(settings.data)
+    try:
+        return _open_service(settings, password_hasher, held)
+    except BaseException:
+        if lock is None:
+            held.release()
+        raise
+
+
+def _open_service(
+    settings: ServerSettings, password_hasher: PasswordHasher | None, lock: DataFolderLock
+) -> Service:
     images.load_plugins()  # now, not under the import lock of 200 first uploads
     paths = DataPaths(settings.data)
-    catalog = open_catalog(settings.data)
     blobs = FileBlobStore(paths.root)  # DATA/objects/, temp files in DATA/tmp/
-    inbox = Inbox(paths.inbox) if settings.inbox else None
+    every_inbox = Inbox(paths.inbox)  # swept even when copies are turned off
+    inbox = every_inbox if settings.inbox else None
+    check_writable(paths.root, blobs.tmp_dir, blobs.objects_dir, every_inbox.tmp_dir)
+    catalog = open_catalog(settings.data)
     try:
-        paths.scratch.mkdir(mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create {paths.scratch}: {exc.strerror}") from exc
-    report = sweep(blobs, inbox if inbox is not None else Inbox(paths.inbox), catalog)
-    if not report.clean:
-        log.warning("start-up sweep removed leftovers of a crash", extra=fields(report=report))
-    return Service(
-        catalog=catalog,
-        blobs=blobs,
-        inbox=inbox,
-        storage_key=_storage_key(settings),
-        accounts=Accounts(catalog, hasher=password_hasher),
-        image_policy=images.ImagePolicy(max_pixels=settings.max_pixels),
-        scratch_dir=paths.scratch,
-        quota_bytes=settings.quota_bytes,
-        max_login_failures=settings.max_login_failures,
-    )
+        report = sweep(blobs, every_inbox, catalog)
+        if not report.clean:
+            log.warning("start-up sweep removed leftovers of a crash", extra=fields(report=report))
+        policy = ThrottlePolicy(
+            free_per_account=settings.login_failures_per_account,
+            free_per_address=settings.login_failures_per_address,
+            base_delay=settings.login_delay,
+            max_delay=settings.login_delay_max,
+        )
+        accounts = Accounts(
+            catalog,
+            hasher=password_hasher,
+            gate=HashGate(DEFAULT_MAX_CONCURRENT_HASHES),
+            throttle=LoginThrottle(catalog, policy),
+        )
+        return Service(
+            catalog=catalog,
+            blobs=blobs,
+            inbox=inbox,
+            storage_key=_storage_key(settings),
+            accounts=accounts,
+            image_policy=images.ImagePolicy(max_pixels=settings.max_pixels),
+            uploads=UploadSlots(
+                catalog,
+                quota_bytes=settings.quota_bytes,
+                per_user=settings.max_uploads_per_user,
+                memory=settings.upload_memory,
+            ),
+            max_login_failures=settings.max_login_failures,
+            lock=lock,
+        )
+    except BaseException:
+        catalog.close()
+        raise
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -152,17 +195,31 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _raise_open_file_limit(wanted: int) -> None:
-    """Each connection is a file descriptor: lift the soft limit towards the hard one."""
+def open_files_needed(settings: ServerSettings) -> int:
+    """Descriptors the server may need at once: one per connection, three per upload
+    in flight (sealed and plaintext temp files, the image check), and a margin for
+    the catalog, the listener, certificates and logs."""
+    uploads = settings.upload_memory // MIN_UPLOAD_MEMORY
+    return settings.max_connections + 3 * uploads + 64
+
+
+def _raise_open_file_limit(settings: ServerSettings) -> None:
+    """Lift the soft open-file limit as far as the hard one allows; refuse to start if
+    ``max_connections`` still cannot fit (a cap that fails at accept time would only
+    look like one). Raises ``ConfigError``."""
+    wanted = open_files_needed(settings)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        log.info("open-file limit raised", extra=fields(soft=target, hard=hard))
-    if target < wanted:
-        log.warning("open-file limit %d is below what max_connections needs (%d)", target, wanted)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        raise ConfigError(
+            f"max_connections {settings.max_connections} and upload_memory "
+            f"{settings.upload_memory} need {wanted} open files, but this process may open "
+            f"at most {hard} (the hard limit): raise it (ulimit -Hn, or LimitNOFILE= in a "
+            "systemd unit) or lower max_connections"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    log.info("open-file limit raised", extra=fields(soft=wanted, hard=hard))
 
 
 def build_server(
@@ -178,7 +235,21 @@ def build_server(
     handler, even before this returns) makes ``serve_forever`` return.
     """
     _make_data_dir(settings.data)
-    _raise_open_file_limit(settings.max_connections + 256)  # + files, catalog, listener
+    _raise_open_file_limit(settings)
+    lock = DataFolderLock.acquire(settings.data)  # before anything else touches the folder
+    try:
+        return _build_server(settings, password_hasher, stop, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build_server(
+    settings: ServerSettings,
+    password_hasher: PasswordHasher | None,
+    stop: threading.Event | None,
+    lock: DataFolderLock,
+) -> Server:
     _certificates(settings)
     certificate_der, signing_key, passphrase = _signing_identity(settings)
     context = tls.create_server_context(
@@ -188,26 +259,27 @@ def build_server(
         client_ca=settings.client_ca,
         min_version="1.2" if settings.tls_min == "1.2" else "1.3",
     )
-    service = build_service(settings, password_hasher)
+    service = build_service(settings, password_hasher, lock=lock)
     net = NetworkSettings(
         max_connections=settings.max_connections,
         max_connections_per_address=settings.max_connections_per_address,
+        max_unauthenticated=settings.unauthenticated_cap,
         trusted_networks=settings.trusted_networks,
         tls_handshake_timeout=settings.tls_handshake_timeout,
         app_handshake_timeout=settings.app_handshake_timeout,
+        login_timeout=settings.login_timeout,
         idle_timeout=settings.idle_timeout,
-        transfer_timeout=settings.transfer_timeout,
+        min_transfer_bytes=settings.min_transfer_bytes,
+        transfer_window=settings.transfer_window,
     )
     limits = Limits(max_image_size=settings.max_image_size)
+    try:
+        listener = _listen(settings.host, settings.port)
+    except BaseException:
+        service.catalog.close()
+        raise
     server = Server(
-        service,
-        context,
-        certificate_der,
-        signing_key,
-        net,
-        limits,
-        _listen(settings.host, settings.port),
-        stopping=stop,
+        service, context, certificate_der, signing_key, net, limits, listener, stopping=stop
     )
     host, port = server.address
     log.info(

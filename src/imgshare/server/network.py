@@ -1,34 +1,41 @@
 """How bytes move: the listener, one thread per connection, TLS, timeouts and caps.
 
-Measured choice (DESIGN decision 8): a blocking thread per connection. Blocking TLS
-reads are more than twice as fast as asyncio's, and AES-GCM, hashing, Pillow's
-decoders and file writes all release the GIL, so a busy upload does not stall the
-others. An idle connection costs a sleeping thread and its small buffers.
+Measured choice (docs/design.md, decision 8): a blocking thread per connection.
+Blocking TLS reads are more than twice as fast as asyncio's, and AES-GCM, hashing,
+Pillow's decoders and file writes all release the GIL, so a busy upload does not
+stall the others. An idle connection costs a sleeping thread and its small buffers.
 
 The accept loop only accepts: the TLS handshake runs on the connection's own thread
-with a deadline, so a silent TCP peer delays nobody.
+with a deadline, so a silent TCP peer delays nobody. Between accepts it also does the
+server's housekeeping: summaries of the log lines an attacker can cause, and ending
+the sessions of users who were removed.
+
+Deadlines, in order: the TLS handshake, the application handshake, then the login
+(a connection must log in within ``login_timeout`` of its application handshake),
+then ``idle_timeout`` between requests; while an image streams, the minimum transfer
+rate (``caps.TransferMeter``) in both directions.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import queue
 import socket
 import ssl
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imgshare.errors import IntegrityError, LocalProtocolError, RemoteProtocolError, StorageError
-from imgshare.logs import fields
+from imgshare.logs import SummarizedLog, fields
 from imgshare.protocol import Limits, ServerConnection, State
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import RECORD_HEADER_SIZE, ErrorCode
 from imgshare.protocol.keys import SigningKey
+from imgshare.server.caps import ConnectionCaps, TooSlow, TransferMeter
 from imgshare.server.service import Service, Session
+from imgshare.server.threads import ThreadReuse
+from imgshare.store import User
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,10 @@ log = logging.getLogger(__name__)
 SMALL_READ = 16 * 1024
 #: How often a read wakes up to look for a failure in the upload pipeline.
 PIPELINE_POLL = 0.05
+#: Bulk sends go out in pieces this big, so the transfer meter sees progress.
+SEND_PIECE = 64 * 1024
+#: How often the accept loop checks that logged-in users still exist.
+USER_CHECK_INTERVAL = 1.0
 TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING})
 
 
@@ -43,103 +54,18 @@ TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING}
 class NetworkSettings:
     max_connections: int
     max_connections_per_address: int
+    max_unauthenticated: int
     trusted_networks: Sequence[str]
     tls_handshake_timeout: float
     app_handshake_timeout: float
+    login_timeout: float
     idle_timeout: float
-    transfer_timeout: float
-
-
-class ConnectionCaps:
-    """Counts connections in total and per address; trusted networks skip the latter."""
-
-    def __init__(self, total: int, per_address: int, trusted: Sequence[str]) -> None:
-        self._total = total
-        self._per_address = per_address
-        self._trusted = [ipaddress.ip_network(n) for n in trusted]
-        self._counts: Counter[str] = Counter()
-        self._open = 0
-        self._lock = threading.Lock()
-
-    def acquire(self, address: str) -> str | None:
-        """Count a new connection; return why it is refused, or None if it may stay."""
-        with self._lock:
-            if self._open >= self._total:
-                return "too many connections"
-            if self._counts[address] >= self._per_address and not self._is_trusted(address):
-                return "too many connections from this address"
-            self._counts[address] += 1
-            self._open += 1
-            return None
-
-    def release(self, address: str) -> None:
-        with self._lock:
-            self._open -= 1
-            self._counts[address] -= 1
-            if self._counts[address] <= 0:
-                del self._counts[address]
-
-    def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        return any(ip in network for network in self._trusted)
-
-
-class ThreadReuse:
-    """Runs each job on a thread of its own, reusing threads whose job has ended.
-
-    Still a thread per connection, but a new connection usually finds an idle thread
-    instead of paying for a new one: the server's CPU per TLS session fell from 1.02
-    to 0.93 ms, and TLS sessions/s rose by 7%. A thread idle for ``keep`` seconds
-    exits, so a burst of connections leaves nothing behind.
-    """
-
-    def __init__(self, keep: float = 30.0) -> None:
-        self._keep = keep
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._idle = 0
-        self._lock = threading.Lock()
-
-    def run(self, job: Callable[[], None]) -> None:
-        """Start ``job`` on an idle thread, or on a new one (``RuntimeError`` if the
-        system refuses a thread)."""
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
-                self._jobs.put(job)
-                return
-        box = [job]  # emptied by the thread, so that Thread keeps no reference to the job
-        threading.Thread(target=self._work, args=(box,), name="connection", daemon=True).start()
-
-    def close(self) -> None:
-        """Let every idle thread exit now (running jobs finish as they will)."""
-        with self._lock:
-            for _ in range(self._idle):
-                self._jobs.put(None)
-            self._idle = 0
-
-    def _work(self, box: list[Callable[[], None]]) -> None:
-        job: Callable[[], None] | None = box.pop()
-        while job is not None:
-            job()
-            del job  # drop the finished connection before waiting
-            with self._lock:
-                self._idle += 1
-            try:
-                job = self._jobs.get(timeout=self._keep)
-            except queue.Empty:
-                with self._lock:
-                    try:  # a job handed to us just as we timed out
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        self._idle -= 1
-                        return
+    min_transfer_bytes: int
+    transfer_window: float
 
 
 class _Timeout(Exception):
-    pass
+    """A deadline passed: ``str()`` says which, for the log."""
 
 
 class ConnectionHandler:
@@ -150,8 +76,28 @@ class ConnectionHandler:
         self.raw = raw
         self.address = address
         self.peer = f"{address[0]}:{address[1]}"
-        self.busy = False
+        self.busy = False  # a request is being handled: shutdown lets it finish
+        self.session: Session | None = None
+        self.revoked = False  # its user was removed
+        self._logging_in = False
+        self._counted_login = False
+        self._login_deadline = 0.0
+        self._tls: ssl.SSLSocket | None = None
+        self._conn: ServerConnection | None = None
+        net = server.net
+        self._meter = TransferMeter(net.min_transfer_bytes, net.transfer_window)
         self._small_buffer: memoryview | None = None
+
+    @property
+    def logging_in(self) -> bool:
+        """A login is being checked: the login cap must not evict this connection."""
+        return self._logging_in
+
+    @property
+    def user_id(self) -> int | None:
+        session = self.session
+        user = session.user if session is not None else None
+        return user.id if user is not None else None
 
     def abort(self) -> None:
         """Cut the connection from another thread; the handler's blocking call returns."""
@@ -160,24 +106,37 @@ class ConnectionHandler:
         except OSError:
             pass  # already closed
 
+    def revoke(self) -> None:
+        """End the session of a user who was removed (from another thread)."""
+        self.revoked = True
+        self.abort()
+
     def run(self) -> None:
-        session: Session | None = None
-        tls: ssl.SSLSocket | None = None
         try:
-            tls = self._tls_handshake()
+            tls = self._tls = self._tls_handshake()
             if tls is None:
                 return
-            conn = self.server.new_connection()
-            session = Session(self.server.service, conn, tls.sendall, self.peer)
-            self._serve(tls, conn, session)
+            conn = self._conn = self.server.new_connection()
+            self.session = Session(
+                self.server.service,
+                conn,
+                self._send,
+                self.peer,
+                address=self.address[0],
+                on_login=self._logged_in,
+            )
+            self._serve(tls, conn, self.session)
         except (OSError, _Timeout) as exc:
-            log.debug("connection ended: %s", exc, extra=fields(peer=self.peer))
+            if self.revoked:
+                log.info("session ended: its user was removed", extra=fields(peer=self.peer))
+            else:
+                log.debug("connection ended: %s", exc, extra=fields(peer=self.peer))
         except Exception:  # a bug must end one connection, never the server
             log.exception("internal error", extra=fields(peer=self.peer))
         finally:
-            if session is not None:
-                session.close()
-            for sock in (tls, self.raw):
+            if self.session is not None:
+                self.session.close()
+            for sock in (self._tls, self.raw):
                 if sock is not None:
                     try:
                         sock.close()
@@ -197,28 +156,61 @@ class ConnectionHandler:
             reason = (
                 "timeout" if isinstance(exc, TimeoutError) else getattr(exc, "reason", None) or exc
             )
-            log.info("TLS handshake failed", extra=fields(peer=self.peer, reason=reason))
+            self.server.events.event(
+                "tls_failed", "TLS handshake failed", self.peer, reason=str(reason)
+            )
             return None
-        log.info("connection", extra=fields(peer=self.peer, tls=tls.version()))
+        log.debug("connection", extra=fields(peer=self.peer, tls=tls.version()))
         return tls
 
-    def _timeout_for(self, conn: ServerConnection, handshake_deadline: float) -> float:
+    # -- sending -----------------------------------------------------------------------
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send to the peer: at the minimum rate while an image streams, else within
+        the idle timeout. Raises ``OSError``, ``TooSlow``."""
+        tls, conn = self._tls, self._conn
+        assert tls is not None and conn is not None
+        if conn.state not in TRANSFER_STATES:
+            tls.settimeout(self.server.net.idle_timeout)
+            tls.sendall(data)
+            return
+        view = memoryview(data)
+        while view:
+            tls.settimeout(self._meter.time_left())
+            started = time.monotonic()
+            try:
+                # A retry after a timeout must offer the same bytes (OpenSSL's rule),
+                # which it does: the view moves only by what was sent.
+                sent = tls.send(view[:SEND_PIECE])
+            except TimeoutError:
+                sent = 0
+            self._meter.moved(sent, time.monotonic() - started)
+            view = view[sent:]
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _deadline_for(self, conn: ServerConnection, session: Session, handshake: float) -> float:
+        """Seconds to wait for the peer's next bytes outside a transfer."""
         if conn.state in (State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED):
-            remaining = handshake_deadline - time.monotonic()
-            if remaining <= 0:
-                raise _Timeout("application handshake timeout")
-            return remaining
-        if conn.state in TRANSFER_STATES:
-            return self.server.net.transfer_timeout
-        return self.server.net.idle_timeout
+            deadline, what = handshake, "application handshake timeout"
+        elif session.user is None:
+            deadline, what = self._login_deadline, "login timeout"
+        else:
+            return self.server.net.idle_timeout
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Timeout(what)
+        return remaining
 
     def _serve(self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session) -> None:
-        deadline = time.monotonic() + self.server.net.app_handshake_timeout
+        handshake_deadline = time.monotonic() + self.server.net.app_handshake_timeout
         while True:
             try:
                 event = conn.next_event()
             except RemoteProtocolError as exc:
-                log.info("protocol error: %s", exc, extra=fields(peer=self.peer, code=exc.code))
+                self.server.events.event(
+                    "protocol_error", f"protocol error: {exc}", self.peer, code=exc.code
+                )
                 tls.sendall(conn.data_to_send())
                 return
             if isinstance(event, ev.Event):
@@ -231,27 +223,32 @@ class ConnectionHandler:
                 tls.sendall(conn.send(stopping))
                 return
             try:
-                self._receive(tls, conn, session, self._timeout_for(conn, deadline))
-            except (TimeoutError, _Timeout):
-                self._send_timeout(tls, conn)
+                if conn.state in TRANSFER_STATES:
+                    self._receive(tls, conn, session, None)
+                else:
+                    timeout = self._deadline_for(conn, session, handshake_deadline)
+                    self._receive(tls, conn, session, timeout)
+            except (TimeoutError, _Timeout, TooSlow) as exc:
+                self._send_timeout(tls, conn, exc)
                 return
             except (IntegrityError, StorageError) as exc:  # found by an upload pipeline
                 self._fatal(tls, conn, exc)
                 return
 
     def _receive(
-        self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session, timeout: float
+        self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session, timeout: float | None
     ) -> None:
         """Feed the connection the next bytes from the peer (b"" at end of stream).
 
-        While an image streams, never read past the current record: then each chunk
-        record's body is read whole, in a tight loop (TLS hands out at most 16 KiB a
-        call), straight into a buffer the upload recycles, and lent to the protocol
-        core uncopied. Otherwise read one small piece, so that an idle connection holds
-        no big buffer.
+        ``timeout`` bounds the wait; None means "while an image streams": then the
+        transfer meter bounds it, and reads never go past the current record, so that
+        each chunk record's body is read whole, in a tight loop (TLS hands out at most
+        16 KiB a call), straight into a buffer the upload recycles, and lent to the
+        protocol core uncopied. Otherwise read one small piece, so that an idle
+        connection holds no big buffer.
         """
         wanted = conn.bytes_wanted
-        streaming = conn.state in TRANSFER_STATES
+        streaming = timeout is None
         if streaming and wanted > SMALL_READ and conn.buffered_bytes == RECORD_HEADER_SIZE:
             body = session.chunk_buffer(wanted)
             if body is not None:
@@ -267,35 +264,48 @@ class ConnectionHandler:
         count = self._recv_into(tls, view, session, timeout, whole=False)
         conn.receive_data(view[:count])
 
-    @staticmethod
     def _recv_into(
-        tls: ssl.SSLSocket, view: memoryview, session: Session, timeout: float, *, whole: bool
+        self,
+        tls: ssl.SSLSocket,
+        view: memoryview,
+        session: Session,
+        timeout: float | None,
+        *,
+        whole: bool,
     ) -> int:
         """Read into ``view``: once, or (``whole``) until it is full or the stream ends.
 
         While an upload pipeline runs, a read wakes up every ``PIPELINE_POLL`` seconds
         to raise what the pipeline found (a tampered chunk), so the peer hears of it at
-        once even if it waits for our answer. ``timeout`` bounds each silence.
+        once even if it waits for our answer. A ``timeout`` bounds the silence; without
+        one the transfer meter judges the rate (raising ``TooSlow``).
         """
         polling = session.upload is not None
-        tls.settimeout(min(PIPELINE_POLL, timeout) if polling else timeout)
         got = 0
         silent = 0.0
         while True:
+            wait = self._meter.time_left() if timeout is None else timeout - silent
+            tls.settimeout(min(PIPELINE_POLL, wait) if polling else wait)
+            started = time.monotonic()
             try:
                 count = tls.recv_into(view[got:])
             except TimeoutError:
-                if not polling:
-                    raise
+                count = -1
+            waited = time.monotonic() - started
+            if timeout is None:
+                self._meter.moved(max(0, count), waited)
+            if count < 0:
+                silent += waited
+                if timeout is not None and silent >= timeout:
+                    raise TimeoutError("the peer was silent too long")
                 session.check_upload()
-                silent += PIPELINE_POLL
-                if silent >= timeout:
-                    raise
                 continue
             got += count
             if count == 0 or not whole or got == len(view):
                 return got
             silent = 0.0
+
+    # -- answers -----------------------------------------------------------------------
 
     def _fatal(self, tls: ssl.SSLSocket, conn: ServerConnection, exc: Exception) -> None:
         """Report a failure of the session's own work to the peer, fatally."""
@@ -307,13 +317,23 @@ class ConnectionHandler:
             error = ev.Error(ErrorCode.STORAGE_FAILED, "storage failed", fatal=True)
         tls.sendall(conn.send(error))
 
-    def _send_timeout(self, tls: ssl.SSLSocket, conn: ServerConnection) -> None:
-        log.info("timeout", extra=fields(peer=self.peer, state=conn.state.value))
-        if conn.state not in (State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED, State.CLOSED):
-            try:
-                tls.sendall(conn.send(ev.Error(ErrorCode.TIMEOUT, "timed out", fatal=True)))
-            except (OSError, LocalProtocolError):
-                pass
+    def _send_timeout(
+        self, tls: ssl.SSLSocket, conn: ServerConnection, exc: Exception, *, tell: bool = True
+    ) -> None:
+        """Log a deadline or rate failure and, if ``tell``, tell the peer why it is cut
+        off (sealed: only once there are keys)."""
+        reason = str(exc) or "timeout"
+        self.server.events.event(
+            "timeout", "timeout", self.peer, state=conn.state.value, reason=reason
+        )
+        no_keys = (State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED, State.CLOSED)
+        if not tell or conn.state in no_keys:
+            return
+        try:
+            tls.settimeout(1.0)  # best effort: the peer may not be reading at all
+            tls.sendall(conn.send(ev.Error(ErrorCode.TIMEOUT, reason, fatal=True)))
+        except (OSError, LocalProtocolError):
+            pass
 
     def _dispatch(
         self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session, event: ev.Event
@@ -321,6 +341,7 @@ class ConnectionHandler:
         """Handle one event; return False when the connection should end."""
         if isinstance(event, ev.HandshakeComplete):
             log.debug("app handshake complete", extra=fields(peer=self.peer))
+            self._login_deadline = time.monotonic() + self.server.net.login_timeout
             _flush(tls, conn)
             return True
         if isinstance(event, ev.ConnectionClosed):
@@ -333,14 +354,27 @@ class ConnectionHandler:
             )
             return not event.fatal
         self.busy = True
+        self._logging_in = isinstance(event, ev.Login)
+        if not isinstance(event, ev.Chunk):
+            self._meter.restart()  # a new request: a transfer, if any, starts now
         try:
             session.handle(event)
         except (IntegrityError, StorageError) as exc:
             self._fatal(tls, conn, exc)
             return False
+        except TooSlow as exc:  # a download the peer does not read: cut it mid-record
+            self._send_timeout(tls, conn, exc, tell=False)
+            return False
         finally:
+            self._logging_in = False
             self.busy = conn.state not in (State.IDLE, State.CLOSED)
         return conn.state is not State.CLOSED
+
+    def _logged_in(self, user: User) -> None:
+        """From now on this connection no longer counts against the login cap."""
+        if not self._counted_login:
+            self._counted_login = True
+            self.server.logged_in(self)
 
 
 def _flush(tls: ssl.SSLSocket, conn: ServerConnection) -> None:
@@ -368,22 +402,32 @@ class Server:
         self.ssl_context = ssl_context
         self.net = net
         self.limits = limits
+        self.events: SummarizedLog = service.events
         self._certificate_der = certificate_der
         self._signing_key = signing_key
         self._listener = listener
         self._caps = ConnectionCaps(
-            net.max_connections, net.max_connections_per_address, net.trusted_networks
+            net.max_connections,
+            net.max_connections_per_address,
+            net.max_unauthenticated,
+            net.trusted_networks,
         )
         self._handlers: set[ConnectionHandler] = set()
         self._threads = ThreadReuse()
         self._lock = threading.Lock()
         self._all_gone = threading.Condition(self._lock)
+        self._next_user_check = 0.0
         self.stopping = stopping or threading.Event()
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self._listener.getsockname()[:2]
         return str(host), int(port)
+
+    @property
+    def not_logged_in(self) -> int:
+        """Connections that have not logged in yet."""
+        return self._caps.not_logged_in
 
     def new_connection(self) -> ServerConnection:
         return ServerConnection(self._certificate_der, self._signing_key, limits=self.limits)
@@ -392,6 +436,7 @@ class Server:
         """Accept until ``stop()``; the accepting thread never does a TLS handshake."""
         self._listener.settimeout(poll_interval)
         while not self.stopping.is_set():
+            self._housekeeping()
             try:
                 raw, address = self._listener.accept()
             except TimeoutError:
@@ -404,16 +449,44 @@ class Server:
                 continue
             self._start(raw, address)
 
+    def _housekeeping(self) -> None:
+        self.events.flush()
+        now = time.monotonic()
+        if now >= self._next_user_check:
+            self._next_user_check = now + USER_CHECK_INTERVAL
+            try:
+                self.end_sessions_of_removed_users()
+            except StorageError as exc:
+                log.warning("cannot check for removed users: %s", exc)
+
+    def end_sessions_of_removed_users(self) -> int:
+        """Cut every session whose user no longer exists; return how many."""
+        with self._lock:
+            sessions = [(h, h.user_id) for h in self._handlers]
+        ids = {user_id for _, user_id in sessions if user_id is not None}
+        if not ids:
+            return 0
+        gone = ids - self.service.catalog.existing_user_ids(ids)
+        ended = 0
+        for handler, user_id in sessions:
+            if user_id in gone:
+                handler.revoke()
+                ended += 1
+        return ended
+
     def _start(self, raw: socket.socket, address: tuple[str, int]) -> None:
-        refusal = self._caps.acquire(address[0])
+        handler = ConnectionHandler(self, raw, address)
+        refusal, evicted = self._caps.acquire(handler, address[0])
         if refusal is not None:
-            log.info(
-                "connection refused: %s", refusal, extra=fields(peer=f"{address[0]}:{address[1]}")
-            )
+            self.events.event("refused", f"connection refused: {refusal}", handler.peer)
             raw.close()
             return
+        if evicted is not None:
+            self.events.event(
+                "evicted", "connection that had not logged in made room for a new one", evicted.peer
+            )
+            evicted.abort()
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        handler = ConnectionHandler(self, raw, address)
         with self._lock:
             self._handlers.add(handler)
         try:
@@ -423,11 +496,14 @@ class Server:
             raw.close()
             self.connection_ended(handler)
 
+    def logged_in(self, handler: ConnectionHandler) -> None:
+        self._caps.logged_in(handler)
+
     def connection_ended(self, handler: ConnectionHandler) -> None:
         with self._lock:
             if handler in self._handlers:
                 self._handlers.discard(handler)
-                self._caps.release(handler.address[0])
+                self._caps.release(handler, handler.address[0])
             if not self._handlers:
                 self._all_gone.notify_all()
 
@@ -453,6 +529,7 @@ class Server:
             handler.abort()  # their uploads roll back in Session.close()
         self._wait_for_handlers(5.0)
         self._threads.close()
+        self.events.flush(force=True)
         log.info("stopped", extra=fields(rolled_back=len(remaining)))
 
     def _wait_for_handlers(self, seconds: float) -> list[ConnectionHandler]:

@@ -21,6 +21,12 @@ from collections.abc import Callable
 DEFAULT_DEPTH = 4
 
 
+def memory_for(item_size: int, depth: int = DEFAULT_DEPTH) -> int:
+    """The most the recycled buffers of a pipeline hold for items of ``item_size``
+    bytes: ``depth`` queued, one in the step and one being filled."""
+    return (depth + 2) * item_size
+
+
 class PipelineCancelled(Exception):
     """The pipeline was cancelled; its remaining items were dropped."""
 

@@ -12,22 +12,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 from imgshare import images
 from imgshare.accounts import Accounts
-from imgshare.errors import AuthError, ImageError, StorageError
-from imgshare.logs import fields
+from imgshare.errors import AuthError, ImageError, QuotaError, StorageError, TryLaterError
+from imgshare.logs import SummarizedLog, fields
 from imgshare.protocol import ServerConnection, StreamOpener
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import TAG_SIZE, ErrorCode
+from imgshare.protocol.constants import MAX_RETRY_AFTER_MS, TAG_SIZE, ErrorCode
 from imgshare.protocol.stream import UploadHeader
-from imgshare.server.pipeline import Pipeline
+from imgshare.server.pipeline import Pipeline, memory_for
+from imgshare.server.uploads import Reservation, UploadSlots
 from imgshare.store import (
     AtomicFile,
     BlobStore,
@@ -39,6 +38,7 @@ from imgshare.store import (
     inbox_filename,
 )
 from imgshare.store.catalog import now_ms
+from imgshare.store.lock import DataFolderLock
 
 log = logging.getLogger(__name__)
 
@@ -53,50 +53,38 @@ class Service:
     storage_key: StorageKey
     accounts: Accounts
     image_policy: images.ImagePolicy
-    scratch_dir: Path
-    quota_bytes: int
+    uploads: UploadSlots
     max_login_failures: int = 5
     # Decoding holds a whole frame in memory; more decodes than cores buy nothing.
     validations: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
     )
-    # Bytes of each user's uploads in flight, counted against the quota with what the
-    # catalog holds, so that concurrent uploads cannot overshoot it together. Per
-    # process: several server nodes will need the catalog to keep this count.
-    _in_flight: dict[int, int] = field(default_factory=dict)
-    _quota_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Events an attacker can cause, logged at a bounded rate (the server flushes it).
+    events: SummarizedLog = field(
+        default_factory=lambda: SummarizedLog(logging.getLogger("imgshare.server.network"))
+    )
+    #: The data folder's lock, held until ``close``.
+    lock: DataFolderLock | None = None
 
-    def reserve_quota(self, user: User, size: int) -> bool:
-        """Count an upload of ``size`` bytes against ``user``'s quota; False if it
-        would not fit with what is stored and what is still arriving."""
-        if not self.quota_bytes:
-            return True
-        with self._quota_lock:
-            in_flight = self._in_flight.get(user.id, 0)
-            if self.catalog.used_bytes(user.id) + in_flight + size > self.quota_bytes:
-                return False
-            self._in_flight[user.id] = in_flight + size
-            return True
-
-    def release_quota(self, user: User, size: int) -> None:
-        """The upload ended: stored (the catalog counts it now) or thrown away."""
-        if not self.quota_bytes:
-            return
-        with self._quota_lock:
-            left = self._in_flight.get(user.id, 0) - size
-            if left > 0:
-                self._in_flight[user.id] = left
-            else:
-                self._in_flight.pop(user.id, None)
+    def close(self) -> None:
+        """Close the catalog and let the data folder go (idempotent)."""
+        self.catalog.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 class Upload:
     """One image arriving: opened chunk by chunk, written sealed and in plaintext."""
 
-    def __init__(self, service: Service, user: User, begin: ev.UploadBegin) -> None:
+    def __init__(
+        self, service: Service, user: User, begin: ev.UploadBegin, reservation: Reservation
+    ) -> None:
+        """Raises ``StorageError`` if the sealed object cannot be created; the caller
+        releases ``reservation`` then, and the upload does from here on."""
         self.service = service
         self.user = user
         self.header = begin.header
+        self._reservation = reservation
         self.image_id = os.urandom(16)
         self._content_key = begin.content_key
         self._opener = StreamOpener(begin.header, begin.content_key)
@@ -105,7 +93,7 @@ class Upload:
         self._scratch: BinaryIO | None = None
         self._inbox_name: str | None = None
         self.rejection: tuple[ErrorCode, str] | None = None
-        self._reserved = begin.header.size  # quota held until finish or abort
+        self._committed: list[Callable[[], object]] = []  # how to undo each commit
         # One plaintext buffer, reused by every chunk (on the pipeline thread).
         self._plaintext = memoryview(bytearray(min(self.header.chunk_size, self.header.size)))
         self._pipeline = Pipeline(self._store_chunk)
@@ -148,7 +136,7 @@ class Upload:
             self._inbox_name = inbox_filename(self.image_id.hex(), extension)
             self._plain = inbox.create(self.user.name, self._inbox_name)
         else:
-            self._scratch = tempfile.TemporaryFile(dir=self.service.scratch_dir)
+            self._scratch = self.service.blobs.scratch_file()
 
     def _write_plain(self, plaintext: bytes | memoryview) -> None:
         if self._plain is not None:
@@ -181,15 +169,14 @@ class Upload:
                 code, reason = self.rejection
                 raise (StorageError if code is ErrorCode.STORAGE_FAILED else ImageError)(reason)
             info = self._validate()
-            self._sealed.commit()
-            if self._plain is not None:
-                self._plain.commit()
+            self._commit_files()
             record = self._record(info, mac)
             self.service.catalog.add_image(record)
         except BaseException:
             self.abort()
             raise
         finally:
+            self._committed.clear()
             self._let_go()
         return ev.ReceiptBody(
             image_id=self.image_id,
@@ -201,10 +188,34 @@ class Upload:
             username=self.user.name,
         )
 
+    def _commit_files(self) -> None:
+        """Make the sealed object and the inbox copy durable, remembering how to take
+        each back: until the catalog row commits, a failure removes them again."""
+        image_id = self.image_id.hex()
+        self._sealed.commit()
+        self._committed.append(lambda: self.service.blobs.delete(image_id))
+        if self._plain is not None and self._inbox_name is not None:
+            inbox, name = self.service.inbox, self._inbox_name
+            assert inbox is not None
+            self._plain.commit()
+            self._committed.append(lambda: inbox.delete(self.user.name, name))
+
+    def _undo_commits(self) -> None:
+        """Remove what ``_commit_files`` made visible (plaintext first); never raises."""
+        for undo in reversed(self._committed):
+            try:
+                undo()
+            except StorageError as exc:  # left for the start-up sweep
+                log.error("cannot remove a file of a failed upload: %s", exc)
+        if self._committed and self._inbox_name is not None and self.service.inbox is not None:
+            self.service.inbox.remove_empty_folder(self.user.name)
+        self._committed.clear()
+
     def _validate(self) -> images.ImageInfo:
         with self.service.validations:
             if self._plain is not None:
-                return images.validate_image(self._plain.tmp_path, self.service.image_policy)
+                with self._plain.reopen() as written:
+                    return images.validate_image(written, self.service.image_policy)
             assert self._scratch is not None
             self._scratch.seek(0)
             return images.validate_image(self._scratch, self.service.image_policy)
@@ -226,23 +237,22 @@ class Upload:
         )
 
     def abort(self) -> None:
-        """Throw away everything written so far (idempotent)."""
+        """Throw away everything written so far, committed files included (idempotent)."""
         if threading.current_thread() is not self._pipeline.thread:
             self._pipeline.cancel()
         self._sealed.abort()
         if self._plain is not None:
             self._plain.abort()
+        self._undo_commits()
         self._let_go()
 
     def _let_go(self) -> None:
         """Release what the upload holds besides its files (idempotent): the scratch
-        file, its share of the quota and, once the pipeline has stopped, its buffer."""
+        file, its reservation and, once the pipeline has stopped, its buffer."""
         if self._scratch is not None:
             self._scratch.close()
             self._scratch = None
-        reserved, self._reserved = self._reserved, 0
-        if reserved:
-            self.service.release_quota(self.user, reserved)
+        self.service.uploads.release(self._reservation)
         if not self._pipeline.thread.is_alive():
             self._plaintext = memoryview(b"")
 
@@ -257,13 +267,18 @@ class Session:
         send: Callable[[bytes], None],
         peer: str,
         *,
+        address: str | None = None,
         authenticated_user: User | None = None,
+        on_login: Callable[[User], None] | None = None,
     ) -> None:
+        """``on_login`` is told of a successful login before the client hears of it."""
         self.service = service
         self.conn = conn
         self._send = send
         self.peer = peer
+        self.address = address  # the client's IP address, for the login throttle
         self.user = authenticated_user
+        self._on_login = on_login
         self.upload: Upload | None = None
         self._login_failures = 0
 
@@ -273,24 +288,47 @@ class Session:
     def fail(self, code: ErrorCode, message: str) -> None:
         self.reply(ev.Error(code, message, fatal=False))
 
+    def try_later(self, exc: TryLaterError) -> None:
+        retry_after_ms = min(MAX_RETRY_AFTER_MS, max(1, round(exc.retry_after * 1000)))
+        self.reply(ev.Error(ErrorCode.TRY_LATER, str(exc), retry_after_ms=retry_after_ms))
+
     def handle(self, event: ev.Event) -> None:
-        """Answer one event. Raises ``IntegrityError`` for a tampered upload (fatal)."""
+        """Answer one event. Raises ``IntegrityError`` for a tampered upload (fatal).
+
+        Every request type is answered here, or refused as UNSUPPORTED.
+        """
+        if isinstance(event, ev.Chunk):
+            if self.upload is not None:
+                self.upload.add_chunk(event.data)
+            return
+        if not isinstance(event, ev.Login) and not self._user_still_exists():
+            return
         match event:
             case ev.Login():
                 self._login(event)
             case ev.UploadBegin():
                 self._upload_begin(event)
-            case ev.Chunk():
-                if self.upload is not None:
-                    self.upload.add_chunk(event.data)
             case ev.UploadEnd():
                 self._upload_end(event)
             case ev.Download():
                 self._download(event)
             case ev.ListImages():
                 self._list()
-            case ev.Register() | ev.TokenLogin() | ev.Share() | ev.Delete():
+            case _:
                 self.fail(ErrorCode.UNSUPPORTED, f"{type(event).__name__} is not supported yet")
+
+    def _user_still_exists(self) -> bool:
+        """Re-check the session's user before each request: user ids are never reused,
+        so a removed user's open session ends here instead of reaching anyone else."""
+        if self.user is None or self.service.catalog.get_user(self.user.id) is not None:
+            return True
+        log.warning(
+            "session ended: its user was removed",
+            extra=fields(event="user_gone", peer=self.peer, user=self.user.name),
+        )
+        self.close()
+        self.reply(ev.Error(ErrorCode.AUTH_REQUIRED, "this account no longer exists", fatal=True))
+        return False
 
     def chunk_buffer(self, size: int) -> memoryview | None:
         """Where to receive a chunk record of ``size`` bytes without copying it later:
@@ -310,33 +348,50 @@ class Session:
 
     def _login(self, event: ev.Login) -> None:
         try:
-            self.user = self.service.accounts.authenticate(event.username, event.password)
+            user = self.service.accounts.authenticate(event.username, event.password, self.address)
+        except TryLaterError as exc:
+            self.service.events.event(
+                "login_deferred", f"login deferred: {exc}", self.peer, user=event.username
+            )
+            self.try_later(exc)
+            return
         except AuthError:
             self._login_failures += 1
-            log.info("login failed", extra=fields(peer=self.peer, failures=self._login_failures))
             if self._login_failures >= self.service.max_login_failures:
                 self.reply(ev.Error(ErrorCode.AUTH_FAILED, "too many failed logins", fatal=True))
                 return
             self.fail(ErrorCode.AUTH_FAILED, "invalid username or password")
             return
-        log.info("login", extra=fields(peer=self.peer, user=self.user.name))
-        self.reply(ev.LoginOk(self.user.name))
+        self.user = user
+        if self._on_login is not None:
+            self._on_login(user)
+        log.info("login", extra=fields(peer=self.peer, user=user.name))
+        self.reply(ev.LoginOk(user.name))
 
     def _upload_begin(self, event: ev.UploadBegin) -> None:
         if self.user is None:
             self.fail(ErrorCode.AUTH_REQUIRED, "log in first")
             return
-        if not self.service.reserve_quota(self.user, event.header.size):
-            log.info("upload rejected", extra=fields(user=self.user.name, reason="quota"))
-            self.fail(
-                ErrorCode.QUOTA_EXCEEDED,
-                f"this upload would exceed your quota of {self.service.quota_bytes} bytes",
+        header = event.header
+        buffers = memory_for(min(header.chunk_size, header.size) + TAG_SIZE)
+        try:
+            reservation = self.service.uploads.reserve(
+                self.user.id, header.size, buffers + min(header.chunk_size, header.size)
             )
+        except TryLaterError as exc:
+            self.service.events.event(
+                "upload_deferred", f"upload deferred: {exc}", self.peer, user=self.user.name
+            )
+            self.try_later(exc)
+            return
+        except QuotaError as exc:
+            log.info("upload rejected", extra=fields(user=self.user.name, reason="quota"))
+            self.fail(ErrorCode.QUOTA_EXCEEDED, str(exc))
             return
         try:
-            self.upload = Upload(self.service, self.user, event)
+            self.upload = Upload(self.service, self.user, event, reservation)
         except StorageError as exc:
-            self.service.release_quota(self.user, event.header.size)
+            self.service.uploads.release(reservation)
             log.error("cannot start upload: %s", exc, extra=fields(user=self.user.name))
             self.fail(ErrorCode.STORAGE_FAILED, "the server cannot store images right now")
             return

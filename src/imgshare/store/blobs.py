@@ -15,6 +15,13 @@ Layout::
 
 No path is ever built from client input: object ids, user names and inbox file names
 are checked against strict patterns here even though their makers check them too.
+
+No symlink inside a store is followed. A store's root (the data folder, the inbox
+folder) may be a link, the operator's choice; below it every folder is opened with
+``O_NOFOLLOW`` relative to its parent's descriptor (``open_folder``) and every file
+is created, opened, renamed and removed relative to its folder's descriptor, so a
+link planted at ``inbox/<user>``, ``inbox/.tmp`` or ``objects/<xx>`` is refused with
+a clear error instead of sending files outside the 0700 tree.
 ``BlobStore`` is the interface the server codes against, so that S3-compatible
 storage can replace ``FileBlobStore`` later.
 """
@@ -27,6 +34,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -78,6 +86,7 @@ class BlobStore(Protocol):
     def delete(self, object_id: str) -> bool: ...
     def iter_ids(self) -> Iterator[str]: ...
     def sweep_temp(self) -> int: ...
+    def scratch_file(self) -> BinaryIO: ...
 
 
 def fsync_dir(folder: Path) -> None:
@@ -89,31 +98,71 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def open_folder(root: Path, parts: tuple[str, ...] = (), *, create: bool = False) -> int:
+    """A descriptor of ``root/parts...``, reached without following a symlink below
+    ``root``. With ``create``, missing folders are made (mode 0700) and their parents
+    fsynced. The caller closes it. Raises OSError: ELOOP (or ENOTDIR) where a part is
+    a link (or a file), FileNotFoundError where one is missing.
+    """
+    fd = os.open(root, _FOLDER_FLAGS)
+    try:
+        for part in parts:
+            try:
+                child = os.open(part, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):  # another thread may win
+                    os.mkdir(part, _DIR_MODE, dir_fd=fd)
+                os.fsync(fd)
+                child = os.open(part, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def _folder(root: Path, parts: tuple[str, ...], *, create: bool = False) -> Iterator[int]:
+    fd = open_folder(root, parts, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _parts(root: Path, folder: Path) -> tuple[str, ...]:
+    return folder.relative_to(root).parts
+
+
 def _os_error(action: str, path: Path, exc: OSError) -> StorageError:
     if exc.errno in _DISK_FULL:
         return StorageError(f"disk full while trying to {action} {path}")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return StorageError(
+            f"cannot {action} {path}: a symbolic link (or a file) stands where a folder "
+            "of the data folder should be; imgshare never follows links inside its data "
+            "folder: replace it with a real folder"
+        )
     return StorageError(f"cannot {action} {path}: {exc.strerror or exc}")
 
 
-def _unlink(path: Path) -> bool:
-    """Remove a file; return whether it existed. Raises ``StorageError``."""
+def _unlink_in(root: Path, parts: tuple[str, ...], name: str) -> bool:
+    """Remove ``root/parts/name``; return whether it existed. Raises ``StorageError``."""
+    path = root.joinpath(*parts, name)
     try:
-        os.unlink(path)
+        with _folder(root, parts) as fd:
+            os.unlink(name, dir_fd=fd)
     except FileNotFoundError:
         return False
     except OSError as exc:
         raise _os_error("remove", path, exc) from exc
     return True
-
-
-def _make_dirs(folder: Path) -> None:
-    """Create ``folder`` (and missing parents) mode 0700, durably. Raises OSError."""
-    if folder.is_dir():
-        return
-    _make_dirs(folder.parent)
-    with contextlib.suppress(FileExistsError):  # another thread may win the race
-        folder.mkdir(mode=_DIR_MODE)
-    fsync_dir(folder.parent)
 
 
 #: Start writeback every this many bytes (see ``AtomicFile._start_writeback``).
@@ -124,23 +173,34 @@ _FADV_DONTNEED: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)
 class AtomicFile:
     """A file that appears under ``final_path`` only complete and durable.
 
-    ``tmp_dir`` must be on the same file system as ``final_path``. Usually made by
-    ``FileBlobStore.create`` or ``Inbox.create``; one thread writes, but ``abort``
-    may come from any thread. The final folder is created on commit if missing.
+    ``tmp_dir`` must be on the same file system as ``final_path``. Below ``root`` (the
+    store's root; by default the two folders themselves) no symlink is followed. Usually
+    made by ``FileBlobStore.create`` or ``Inbox.create``; one thread writes, but
+    ``abort`` may come from any thread. The final folder is created on commit if
+    missing.
     """
 
-    def __init__(self, final_path: Path, tmp_dir: Path, *, mode: int = _FILE_MODE) -> None:
+    def __init__(
+        self, final_path: Path, tmp_dir: Path, *, root: Path | None = None, mode: int = _FILE_MODE
+    ) -> None:
         """Create the temp file; raise ``StorageError`` if it cannot be created."""
         self.final_path = final_path
-        self.tmp_path = tmp_dir / f"{secrets.token_hex(16)}{_TEMP_SUFFIX}"
+        self._tmp_name = f"{secrets.token_hex(16)}{_TEMP_SUFFIX}"
+        self.tmp_path = tmp_dir / self._tmp_name
+        self._final_root = final_path.parent if root is None else root
+        self._final_parts = _parts(self._final_root, final_path.parent)
         self.bytes_written = 0
         self._writeback_from = 0
         self._lock = threading.Lock()
         self._state = "open"
+        self._fd: int | None = None
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            self._fd: int | None = os.open(self.tmp_path, flags, mode)
+            tmp_root = tmp_dir if root is None else root
+            self._tmp_dir_fd: int | None = open_folder(tmp_root, _parts(tmp_root, tmp_dir))
+            self._fd = os.open(self._tmp_name, flags, mode, dir_fd=self._tmp_dir_fd)
         except OSError as exc:
+            self._close_tmp_dir()
             raise _os_error("create", self.tmp_path, exc) from exc
 
     def __repr__(self) -> str:
@@ -180,21 +240,56 @@ class AtomicFile:
         with self._lock:
             fd = self._require_open()
             renamed = False
+            folder: int | None = None
             try:
                 os.fsync(fd)  # a delayed-allocation ENOSPC can surface only here
                 self._fd = None  # never close twice: the number may be reused at once
                 os.close(fd)
-                _make_dirs(self.final_path.parent)
-                os.replace(self.tmp_path, self.final_path)
+                folder = self._rename_into_place()
                 renamed = True
-                fsync_dir(self.final_path.parent)
+                os.fsync(folder)
             except OSError as exc:
-                if renamed:
+                if renamed and folder is not None:
                     with contextlib.suppress(OSError):
-                        os.unlink(self.final_path)
+                        os.unlink(self.final_path.name, dir_fd=folder)
                 self._abort_locked()
                 raise _os_error("store", self.final_path, exc) from exc
+            finally:
+                if folder is not None:
+                    os.close(folder)
             self._state = "committed"
+            self._close_tmp_dir()
+
+    def _rename_into_place(self) -> int:
+        """Rename the temp file to its final name; return the final folder's descriptor
+        (the caller closes it). A folder removed while this file was on its way to it
+        (a purge empties and removes a user's inbox folder) is made again, once."""
+        name = self.final_path.name
+        for attempt in (1, 2):
+            folder = open_folder(self._final_root, self._final_parts, create=True)
+            try:
+                os.replace(self._tmp_name, name, src_dir_fd=self._tmp_dir_fd, dst_dir_fd=folder)
+            except FileNotFoundError:
+                os.close(folder)
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                os.close(folder)
+                raise
+            return folder
+        raise AssertionError("unreachable")
+
+    def reopen(self) -> BinaryIO:
+        """The temp file's content, for reading before ``commit`` (the caller closes
+        it). Raises ``StorageError``."""
+        with self._lock:
+            self._require_open()
+            try:
+                fd = os.open(self._tmp_name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._tmp_dir_fd)
+            except OSError as exc:
+                raise _os_error("read", self.tmp_path, exc) from exc
+        return os.fdopen(fd, "rb")
 
     def abort(self) -> None:
         """Throw the temp file away. Idempotent; a no-op after a successful commit."""
@@ -210,11 +305,17 @@ class AtomicFile:
                 os.close(self._fd)
             self._fd = None
         try:
-            os.unlink(self.tmp_path)
+            os.unlink(self._tmp_name, dir_fd=self._tmp_dir_fd)
         except FileNotFoundError:
             pass
         except OSError as exc:  # left for the start-up sweep
             log.warning("cannot remove temp file %s: %s", self.tmp_path, exc.strerror)
+        self._close_tmp_dir()
+
+    def _close_tmp_dir(self) -> None:
+        fd, self._tmp_dir_fd = getattr(self, "_tmp_dir_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
     def _require_open(self) -> int:
         if self._state != "open" or self._fd is None:
@@ -233,41 +334,43 @@ class AtomicFile:
         self.abort()
 
 
-def _sweep_temp_dir(tmp_dir: Path) -> int:
-    """Remove ``*.part`` files in ``tmp_dir``; return how many. Start-up only."""
+def _sweep_temp_dir(root: Path, parts: tuple[str, ...]) -> int:
+    """Remove ``*.part`` files in ``root/parts``; return how many. Start-up only."""
     removed = 0
-    for name in _names(tmp_dir, dirs=False):
+    folder = root.joinpath(*parts)
+    for name in _names(root, parts, dirs=False):
         if not name.endswith(_TEMP_SUFFIX):
             continue
-        try:
-            os.unlink(tmp_dir / name)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise _os_error("remove", tmp_dir / name, exc) from exc
-        removed += 1
+        if _unlink_in(root, parts, name):
+            removed += 1
     if removed:
-        log.info("removed %d leftover temp file(s) from %s", removed, tmp_dir)
+        log.info("removed %d leftover temp file(s) from %s", removed, folder)
     return removed
 
 
-def _names(folder: Path, *, dirs: bool) -> list[str]:
-    """Names of the sub-folders (``dirs``) or regular files in ``folder``; no symlinks."""
+def _names(root: Path, parts: tuple[str, ...], *, dirs: bool) -> list[str]:
+    """Names of the sub-folders (``dirs``) or regular files in ``root/parts``; no
+    symlinks, neither listed nor followed on the way."""
     try:
-        with os.scandir(folder) as entries:
+        with _folder(root, parts) as fd, os.scandir(fd) as entries:
             if dirs:
                 return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
             return [e.name for e in entries if e.is_file(follow_symlinks=False)]
     except OSError as exc:
-        raise _os_error("list", folder, exc) from exc
+        raise _os_error("list", root.joinpath(*parts), exc) from exc
 
 
-def _init_dirs(*folders: Path) -> None:
-    for folder in folders:
+def _init_dirs(root: Path, *folders: tuple[str, ...]) -> None:
+    """Create ``root`` (following links to it) and ``folders`` below it (never)."""
+    try:
+        root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error("create folder", root, exc) from exc
+    for parts in folders:
         try:
-            _make_dirs(folder)
+            os.close(open_folder(root, parts, create=True))
         except OSError as exc:
-            raise _os_error("create folder", folder, exc) from exc
+            raise _os_error("create folder", root.joinpath(*parts), exc) from exc
 
 
 class FileBlobStore:
@@ -278,7 +381,7 @@ class FileBlobStore:
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
-        _init_dirs(self.objects_dir, self.tmp_dir)
+        _init_dirs(self.root, ("objects",), ("tmp",))
 
     def __repr__(self) -> str:
         return f"FileBlobStore({str(self.root)!r})"
@@ -289,33 +392,46 @@ class FileBlobStore:
             raise ValueError("object id must be 32 lowercase hex digits")
         return self.objects_dir / object_id[:2] / object_id
 
+    def _folder_of(self, object_id: str) -> tuple[str, ...]:
+        return ("objects", self.path_of(object_id).parent.name)
+
     def create(self, object_id: str) -> AtomicFile:
         """A writer for a new object, invisible until committed. Raises ``StorageError``."""
-        return AtomicFile(self.path_of(object_id), self.tmp_dir)
+        return AtomicFile(self.path_of(object_id), self.tmp_dir, root=self.root)
 
     def open(self, object_id: str) -> BinaryIO:
         """Open an object for reading. Raises ``BlobNotFound`` or ``StorageError``."""
         path = self.path_of(object_id)
         try:
-            return open(path, "rb")  # the caller closes it
+            with _folder(self.root, self._folder_of(object_id)) as folder:
+                fd = os.open(object_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
         except FileNotFoundError as exc:
             raise BlobNotFound(f"object {object_id} not found") from exc
         except OSError as exc:
             raise _os_error("open", path, exc) from exc
+        return os.fdopen(fd, "rb")  # the caller closes it
 
     def size(self, object_id: str) -> int:
         """Size in bytes. Raises ``BlobNotFound`` or ``StorageError``."""
         path = self.path_of(object_id)
         try:
-            return path.stat().st_size
+            with _folder(self.root, self._folder_of(object_id)) as folder:
+                info = os.stat(object_id, dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError as exc:
             raise BlobNotFound(f"object {object_id} not found") from exc
         except OSError as exc:
             raise _os_error("stat", path, exc) from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise StorageError(f"{path} is not a regular file")
+        return info.st_size
 
     def exists(self, object_id: str) -> bool:
-        """Whether the object is stored."""
-        return self.path_of(object_id).is_file()
+        """Whether the object is stored (as a regular file, not a link)."""
+        try:
+            self.size(object_id)
+        except BlobNotFound:
+            return False
+        return True
 
     def delete(self, object_id: str) -> bool:
         """Remove an object; return whether it existed. Raises ``StorageError``.
@@ -323,19 +439,31 @@ class FileBlobStore:
         Not fsynced: the catalog row (and its wrapped key) is what makes an object
         readable; an object that comes back after a crash is an orphan for the sweep.
         """
-        return _unlink(self.path_of(object_id))
+        return _unlink_in(self.root, self._folder_of(object_id), object_id)
 
     def iter_ids(self) -> Iterator[str]:
         """Ids of the stored objects, in no particular order; skips foreign files."""
-        for prefix in _names(self.objects_dir, dirs=True):
-            for name in _names(self.objects_dir / prefix, dirs=False):
+        for prefix in _names(self.root, ("objects",), dirs=True):
+            for name in _names(self.root, ("objects", prefix), dirs=False):
                 if OBJECT_ID_RE.fullmatch(name) and name[:2] == prefix:
                     yield name
 
     def sweep_temp(self) -> int:
         """Remove temp files left by a crash; return how many. Start-up only: it would
         also remove the temp files of writers in progress."""
-        return _sweep_temp_dir(self.tmp_dir)
+        return _sweep_temp_dir(self.root, ("tmp",))
+
+    def scratch_file(self) -> BinaryIO:
+        """An anonymous private file in the store's temp folder, gone when closed (for
+        checking an image that gets no inbox copy). Raises ``StorageError``."""
+        try:
+            with _folder(self.root, ("tmp",)) as folder:
+                fd = os.open(
+                    ".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, _FILE_MODE, dir_fd=folder
+                )
+        except OSError as exc:
+            raise _os_error("create a scratch file in", self.tmp_dir, exc) from exc
+        return os.fdopen(fd, "w+b")
 
 
 def inbox_filename(image_id: str, extension: str, when: datetime | None = None) -> str:
@@ -358,39 +486,63 @@ class Inbox:
         self.root = Path(root)
         # ".tmp" can never be a user folder: user names start with [a-z0-9].
         self.tmp_dir = self.root / ".tmp"
-        _init_dirs(self.root, self.tmp_dir)
+        _init_dirs(self.root, (".tmp",))
 
     def __repr__(self) -> str:
         return f"Inbox({str(self.root)!r})"
 
     def path_of(self, username: str, filename: str) -> Path:
         """Where a user's inbox file lives. Raises ``ValueError`` for a malformed name."""
-        if not isinstance(username, str) or not _USERNAME_RE.fullmatch(username):
-            raise ValueError("invalid user name for an inbox folder")
+        _check_username(username)
         if not isinstance(filename, str) or not INBOX_NAME_RE.fullmatch(filename):
             raise ValueError("invalid inbox file name")
         return self.root / username / filename
 
     def create(self, username: str, filename: str) -> AtomicFile:
         """A writer for a new inbox file, invisible until committed."""
-        return AtomicFile(self.path_of(username, filename), self.tmp_dir)
+        return AtomicFile(self.path_of(username, filename), self.tmp_dir, root=self.root)
 
     def delete(self, username: str, filename: str) -> bool:
         """Remove an inbox file; return whether it existed. Raises ``StorageError``."""
-        return _unlink(self.path_of(username, filename))
+        self.path_of(username, filename)
+        return _unlink_in(self.root, (username,), filename)
+
+    def remove_empty_folder(self, username: str) -> bool:
+        """Remove the user's folder if it is empty; return whether it was removed.
+
+        Safe against a concurrent upload: a folder that holds a file stays, and a
+        writer that finds its folder gone makes it again. Raises ``StorageError``.
+        """
+        _check_username(username)
+        try:
+            with _folder(self.root, ()) as root:
+                os.rmdir(username, dir_fd=root)
+                os.fsync(root)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                return False
+            raise _os_error("remove folder", self.root / username, exc) from exc
+        return True
 
     def iter_files(self) -> Iterator[tuple[str, str]]:
         """``(username, filename)`` of every file the server could have written.
 
         Anything else in the inbox (an operator's own files) is ignored.
         """
-        for username in _names(self.root, dirs=True):
+        for username in _names(self.root, (), dirs=True):
             if not _USERNAME_RE.fullmatch(username):
                 continue
-            for name in _names(self.root / username, dirs=False):
+            for name in _names(self.root, (username,), dirs=False):
                 if INBOX_NAME_RE.fullmatch(name):
                     yield username, name
 
     def sweep_temp(self) -> int:
         """Remove temp files left by a crash; return how many. Start-up only."""
-        return _sweep_temp_dir(self.tmp_dir)
+        return _sweep_temp_dir(self.root, (".tmp",))
+
+
+def _check_username(username: str) -> None:
+    if not isinstance(username, str) or not _USERNAME_RE.fullmatch(username):
+        raise ValueError("invalid user name for an inbox folder")

@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -45,10 +45,15 @@ from imgshare.store.blobs import OBJECT_ID_RE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HMAC_SIZE = 32
+#: The kinds of login throttle state (see ``imgshare.server.throttle``).
+THROTTLE_SCOPES = ("account", "address")
 
 # _MIGRATIONS[n] takes the schema from version n to n + 1 (PRAGMA user_version).
+# Migrations run with foreign keys off (so a table can be rebuilt, as SQLite's
+# "making other kinds of table schema changes" procedure does) and are checked with
+# PRAGMA foreign_key_check before they commit.
 # Seams for later versions: a `shares` table, API tokens, invitations.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -73,6 +78,29 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at  INTEGER NOT NULL            -- unix ms
         ) STRICT""",
         "CREATE INDEX images_by_owner ON images (owner_id, created_at)",
+    ),
+    (
+        # User ids are never reused (AUTOINCREMENT): a session, a share or a token
+        # that names a removed user's id can never reach the next account.
+        """CREATE TABLE users_v2 (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            name          TEXT    NOT NULL UNIQUE,
+            password_hash TEXT    NOT NULL,
+            created_at    INTEGER NOT NULL          -- unix ms
+        ) STRICT""",
+        "INSERT INTO users_v2 (id, name, password_hash, created_at) "
+        "SELECT id, name, password_hash, created_at FROM users",
+        "DROP TABLE users",
+        "ALTER TABLE users_v2 RENAME TO users",
+        # Failed logins per account name and per client network, for the growing
+        # login delay; rows are forgotten once their last failure is old enough.
+        """CREATE TABLE login_failures (
+            scope           TEXT    NOT NULL CHECK (scope IN ('account', 'address')),
+            key             TEXT    NOT NULL,
+            failures        INTEGER NOT NULL CHECK (failures > 0),
+            last_failure_ms INTEGER NOT NULL,
+            PRIMARY KEY (scope, key)
+        ) STRICT, WITHOUT ROWID""",
     ),
 )
 
@@ -143,7 +171,9 @@ class Catalog(Protocol):
     ``StorageError`` for database failures."""
 
     def add_user(self, name: str, password_hash: str, created_at: int | None = None) -> User: ...
+    def get_user(self, user_id: int) -> User | None: ...
     def get_user_by_name(self, name: str) -> User | None: ...
+    def existing_user_ids(self, user_ids: Iterable[int]) -> set[int]: ...
     def list_users(self) -> list[User]: ...
     def set_password_hash(self, user_id: int, password_hash: str) -> None: ...
     def remove_user(self, name: str, *, purge: bool = False) -> list[DeletedImage]: ...
@@ -154,6 +184,10 @@ class Catalog(Protocol):
     def image_ids(self) -> set[str]: ...
     def inbox_names(self) -> set[tuple[str, str]]: ...
     def used_bytes(self, owner_id: int) -> int: ...
+    def login_failures(self, scope: str, key: str, since_ms: int) -> tuple[int, int]: ...
+    def add_login_failure(self, scope: str, key: str, now: int, since_ms: int) -> int: ...
+    def clear_login_failures(self, scope: str, key: str) -> None: ...
+    def forget_login_failures(self, before_ms: int) -> int: ...
     def close(self) -> None: ...
 
 
@@ -229,20 +263,33 @@ class SQLiteCatalog:
             self._db.execute("PRAGMA secure_delete = ON")
 
     def _migrate(self) -> None:
-        while True:
-            with self._write("migrate") as db:
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StorageError(
-                        f"catalog {self.path} has schema version {version}; this imgshare "
-                        f"knows up to {SCHEMA_VERSION} (upgrade imgshare)"
-                    )
-                if version == SCHEMA_VERSION:
-                    return
-                for statement in _MIGRATIONS[version]:
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {version + 1}")
-            log.info("catalog %s migrated to schema version %d", self.path, version + 1)
+        with self._errors("migrate"):
+            self._db.execute("PRAGMA foreign_keys = OFF")  # a no-op inside a transaction
+        try:
+            while self._migrate_once():
+                pass
+        finally:
+            with self._errors("migrate"):
+                self._db.execute("PRAGMA foreign_keys = ON")
+
+    def _migrate_once(self) -> bool:
+        """Apply the next migration, if any; return whether one was applied."""
+        with self._write("migrate") as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"catalog {self.path} has schema version {version}; this imgshare "
+                    f"knows up to {SCHEMA_VERSION} (upgrade imgshare)"
+                )
+            if version == SCHEMA_VERSION:
+                return False
+            for statement in _MIGRATIONS[version]:
+                db.execute(statement)
+            if db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                raise StorageError(f"catalog {self.path}: migration broke a foreign key")
+            db.execute(f"PRAGMA user_version = {version + 1}")
+        log.info("catalog %s migrated to schema version %d", self.path, version + 1)
+        return True
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -301,6 +348,26 @@ class SQLiteCatalog:
         if user_id is None:  # pragma: no cover - sqlite always sets it for an INSERT
             raise StorageError("catalog add user failed: no row id")
         return User(user_id, name, password_hash, created)
+
+    def get_user(self, user_id: int) -> User | None:
+        """The user with id ``user_id``, or ``None`` (ids are never reused)."""
+        with self._read("get user") as db:
+            row = db.execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)
+            ).fetchone()
+        return None if row is None else _user(row)
+
+    def existing_user_ids(self, user_ids: Iterable[int]) -> set[int]:
+        """Which of ``user_ids`` still name a user (to end a removed user's sessions)."""
+        wanted = sorted(set(user_ids))
+        found: set[int] = set()
+        with self._read("check users") as db:
+            for start in range(0, len(wanted), 500):  # stay under SQLite's variable limit
+                batch = wanted[start : start + 500]
+                marks = ", ".join("?" * len(batch))
+                rows = db.execute(f"SELECT id FROM users WHERE id IN ({marks})", batch)
+                found.update(row[0] for row in rows)
+        return found
 
     def get_user_by_name(self, name: str) -> User | None:
         """The user called ``name``, or ``None``."""
@@ -414,3 +481,42 @@ class SQLiteCatalog:
                 "SELECT COALESCE(SUM(size), 0) FROM images WHERE owner_id = ?", (owner_id,)
             ).fetchone()
         return int(row[0])
+
+    # -- login throttle -------------------------------------------------------------
+
+    def login_failures(self, scope: str, key: str, since_ms: int) -> tuple[int, int]:
+        """``(failures, last failure ms)`` for ``scope``/``key``, counting only a row
+        whose last failure is at or after ``since_ms``; ``(0, 0)`` otherwise."""
+        with self._read("read login failures") as db:
+            row = db.execute(
+                "SELECT failures, last_failure_ms FROM login_failures "
+                "WHERE scope = ? AND key = ? AND last_failure_ms >= ?",
+                (scope, key, since_ms),
+            ).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def add_login_failure(self, scope: str, key: str, now: int, since_ms: int) -> int:
+        """Count one more failure at ``now`` (failures before ``since_ms`` are
+        forgotten first); return the count."""
+        with self._write("count a login failure") as db:
+            row = db.execute(
+                "INSERT INTO login_failures (scope, key, failures, last_failure_ms) "
+                "VALUES (?, ?, 1, ?) ON CONFLICT (scope, key) DO UPDATE SET "
+                "failures = CASE WHEN last_failure_ms >= ? THEN failures + 1 ELSE 1 END, "
+                "last_failure_ms = excluded.last_failure_ms RETURNING failures",
+                (scope, key, now, since_ms),
+            ).fetchone()
+        return int(row[0])
+
+    def clear_login_failures(self, scope: str, key: str) -> None:
+        """Forget the failures of ``scope``/``key`` (after a successful login)."""
+        with self._write("clear login failures") as db:
+            db.execute("DELETE FROM login_failures WHERE scope = ? AND key = ?", (scope, key))
+
+    def forget_login_failures(self, before_ms: int) -> int:
+        """Drop rows whose last failure is older than ``before_ms``; return how many."""
+        with self._write("forget login failures") as db:
+            cursor = db.execute(
+                "DELETE FROM login_failures WHERE last_failure_ms < ?", (before_ms,)
+            )
+        return cursor.rowcount

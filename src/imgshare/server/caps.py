@@ -1,0 +1,144 @@
+"""Limits on connections: how many, how many not logged in yet, and how slow.
+
+``ConnectionCaps`` counts open connections in total and per address (networks in
+``trusted`` skip the per-address cap; none are trusted by default). Connections that
+have not logged in yet have a cap of their own, well below the total, so clients that
+never log in can never take the places of users who did (docs/design.md, decision 12).
+When that cap is full, a new connection takes the place of the one that has waited
+longest without logging in, unless that one's login is being checked: a newcomer
+needs well under a second to log in, while a squatter would have to refill the whole
+cap faster than that to keep anyone out.
+
+``TransferMeter`` enforces a minimum transfer rate: while an image streams, the peer
+must move at least ``min_bytes`` in every ``window`` seconds spent waiting for it.
+Only time spent waiting on the peer counts, not the server's own work or a slow disk
+pushing back, so a slow server never cuts a fast client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class Waiting(Protocol):
+    """What the caps need of a connection: its peer, whether a login is being
+    checked, and a way to end it from another thread."""
+
+    peer: str
+
+    @property
+    def logging_in(self) -> bool: ...
+
+    def abort(self) -> None: ...
+
+
+class ConnectionCaps:
+    """Counts connections; thread-safe. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        total: int,
+        per_address: int,
+        unauthenticated: int,
+        trusted: Sequence[str] = (),
+    ) -> None:
+        self._total = total
+        self._per_address = per_address
+        self._unauthenticated = unauthenticated
+        self._trusted = [ipaddress.ip_network(n) for n in trusted]
+        self._counts: Counter[str] = Counter()
+        self._open = 0
+        self._waiting: dict[Waiting, None] = {}  # not logged in yet, oldest first
+        self._lock = threading.Lock()
+
+    @property
+    def not_logged_in(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def acquire(self, connection: Waiting, address: str) -> tuple[str | None, Waiting | None]:
+        """Count a new connection, not logged in yet.
+
+        Returns ``(refusal, evicted)``: why it is refused (None if it may stay), and
+        the connection it displaced, which the caller must ``abort()``.
+        """
+        with self._lock:
+            if self._open >= self._total:
+                return "too many connections", None
+            if self._counts[address] >= self._per_address and not self._is_trusted(address):
+                return "too many connections from this address", None
+            evicted = None
+            if len(self._waiting) >= self._unauthenticated:
+                evicted = next((c for c in self._waiting if not c.logging_in), None)
+                if evicted is None:
+                    return "too many connections logging in", None
+                del self._waiting[evicted]
+            self._waiting[connection] = None
+            self._counts[address] += 1
+            self._open += 1
+            return None, evicted
+
+    def logged_in(self, connection: Waiting) -> None:
+        """The connection logged in: it no longer counts against the login cap."""
+        with self._lock:
+            self._waiting.pop(connection, None)
+
+    def release(self, connection: Waiting, address: str) -> None:
+        """The connection ended."""
+        with self._lock:
+            self._waiting.pop(connection, None)
+            self._open -= 1
+            self._counts[address] -= 1
+            if self._counts[address] <= 0:
+                del self._counts[address]
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+
+class TooSlow(Exception):
+    """The peer moved fewer bytes than the minimum rate allows."""
+
+
+class TransferMeter:
+    """At least ``min_bytes`` in every ``window`` seconds of waiting on the peer.
+
+    The I/O layer asks ``time_left()`` for its socket timeout, then reports each call
+    with ``moved(bytes, seconds waited)``; ``moved`` raises ``TooSlow`` at the end of
+    a window that fell short. ``restart()`` begins a new transfer.
+    """
+
+    def __init__(self, min_bytes: int, window: float) -> None:
+        self.min_bytes = min_bytes
+        self.window = window
+        self._waited = 0.0
+        self._bytes = 0
+
+    def restart(self) -> None:
+        self._waited = 0.0
+        self._bytes = 0
+
+    def time_left(self) -> float:
+        """Seconds of waiting left in this window (at least a millisecond)."""
+        return max(0.001, self.window - self._waited)
+
+    def moved(self, count: int, waited: float) -> None:
+        """Account for one I/O call; raise ``TooSlow`` if a window ended short."""
+        self._waited += waited
+        self._bytes += count
+        if self._waited < self.window:
+            return
+        if self._bytes < self.min_bytes:
+            raise TooSlow(
+                f"fewer than {self.min_bytes} bytes in {self.window:g} s: below the minimum "
+                "transfer rate"
+            )
+        self.restart()

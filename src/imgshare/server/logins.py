@@ -1,0 +1,229 @@
+"""Who may have a password checked now: the hash gate and the login throttle.
+
+A password check costs one argon2id hash (about 170 ms and 64 MiB), so it is the
+scarcest thing the server has. Two mechanisms share it out (docs/design.md,
+decision 12; docs/security.md says what they defend):
+
+``HashGate``
+    At most ``slots`` hashes run at once. The others wait in one of two bounded
+    lines: logins from a network with no recent failed login go first, logins from
+    a network that has failed lately wait behind them. A full line, or a wait longer
+    than ``max_wait``, is answered ``TryLaterError`` (TRY_LATER on the wire), never
+    "wrong password": overload must not look like a failed login, nor count as one.
+
+``LoginThrottle``
+    Failed logins are counted per account name (whatever the source address) and
+    per client network (an IPv4 address, an IPv6 /64), in the catalog, so the count
+    survives restarts and will hold across processes. After ``free`` failures each
+    further attempt waits ``base * 2**(failures - free)`` seconds after the last
+    failure, at most ``max_delay``: an attempt inside that delay is answered
+    TRY_LATER without hashing. The right password still gets in after the delay, so
+    an attacker can slow an account down but never lock it. Counts are forgotten
+    ``forget_after`` seconds after their last failure, and a successful login
+    clears its account's count (not its network's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from imgshare.errors import TryLaterError
+from imgshare.logs import fields
+from imgshare.store.catalog import Catalog
+
+security_log = logging.getLogger("imgshare.security")
+
+#: Hashes measured at start-up cost about this; the gate keeps a running average.
+_FIRST_HASH_SECONDS = 0.2
+#: The shortest retry hint: a client should not come back within a few milliseconds.
+_MIN_RETRY_SECONDS = 0.25
+
+
+class HashGate:
+    """At most ``slots`` password hashes at once; a bounded, two-class wait for the rest.
+
+    Thread-safe. ``slot(first=...)`` is a context manager that raises
+    ``TryLaterError`` when the line is full or the wait exceeds ``max_wait``.
+    """
+
+    def __init__(self, slots: int, max_waiting: int = 32, max_wait: float = 5.0) -> None:
+        if slots < 1 or max_waiting < 0 or max_wait < 0:
+            raise ValueError("need slots >= 1, max_waiting >= 0 and max_wait >= 0")
+        self._slots = slots
+        self._max_waiting = max_waiting
+        self._max_wait = max_wait
+        self._running = 0
+        self._lines: tuple[deque[object], deque[object]] = (deque(), deque())
+        self._changed = threading.Condition()
+        self._hash_seconds = _FIRST_HASH_SECONDS
+
+    @property
+    def waiting(self) -> int:
+        with self._changed:
+            return len(self._lines[0]) + len(self._lines[1])
+
+    def _retry_hint(self, ahead: int) -> float:
+        return max(_MIN_RETRY_SECONDS, (ahead + 1) * self._hash_seconds / self._slots)
+
+    def _is_next(self, ticket: object, line: deque[object]) -> bool:
+        if self._running >= self._slots or not line or line[0] is not ticket:
+            return False
+        return line is self._lines[0] or not self._lines[0]
+
+    @contextlib.contextmanager
+    def slot(self, *, first: bool = True) -> Iterator[None]:
+        """Hold one hash slot; ``first`` puts the caller in the line that goes first."""
+        line = self._lines[0 if first else 1]
+        ticket = object()
+        with self._changed:
+            ahead = len(self._lines[0]) + (0 if first else len(self._lines[1]))
+            if ahead == 0 and self._running < self._slots:
+                self._running += 1
+            elif len(line) >= self._max_waiting:
+                raise TryLaterError("too many logins at once", self._retry_hint(ahead))
+            else:
+                line.append(ticket)
+                admitted = self._changed.wait_for(
+                    lambda: self._is_next(ticket, line), timeout=self._max_wait
+                )
+                if not admitted:
+                    line.remove(ticket)
+                    self._changed.notify_all()
+                    raise TryLaterError("too many logins at once", self._retry_hint(ahead))
+                line.popleft()
+                self._running += 1
+                self._changed.notify_all()  # the next in line may fit in a free slot too
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            took = time.monotonic() - started
+            with self._changed:
+                self._running -= 1
+                self._hash_seconds = 0.8 * self._hash_seconds + 0.2 * took
+                self._changed.notify_all()
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    """How failed logins slow further attempts; times in seconds."""
+
+    free_per_account: int = 5
+    free_per_address: int = 20
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    forget_after: float = 3600.0
+
+    def delay(self, failures: int, free: int) -> float:
+        """The wait after the last of ``failures`` failures, ``free`` of them forgiven."""
+        if failures <= free:
+            return 0.0
+        return float(min(self.max_delay, self.base_delay * 2.0 ** min(failures - free - 1, 60)))
+
+
+def network_of(address: str | None) -> str | None:
+    """The throttle key of a client address: IPv4 as is, IPv6 by its /64 (one
+    customer's block), or None when there is no usable address."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+_PRUNE_EVERY = 60.0
+
+
+class LoginThrottle:
+    """Growing delays after failed logins, per account and per network (see module)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        policy: ThrottlePolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._catalog = catalog
+        self.policy = policy or ThrottlePolicy()
+        self._clock = clock
+        self._last_prune = 0.0
+        self._prune_lock = threading.Lock()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _since_ms(self, now_ms: int) -> int:
+        return now_ms - int(self.policy.forget_after * 1000)
+
+    def admit(self, name: str, address: str | None) -> bool:
+        """Allow an attempt now, or raise ``TryLaterError`` with the remaining delay.
+
+        Returns whether the attempt may go first in the hash gate: its network has
+        no failed login to its name lately.
+        """
+        now = self._now_ms()
+        since = self._since_ms(now)
+        account = self._catalog.login_failures("account", name, since)
+        wait = self._remaining(account, self.policy.free_per_account, now)
+        network = network_of(address)
+        clean = True
+        if network is not None:
+            failures = self._catalog.login_failures("address", network, since)
+            clean = failures[0] == 0
+            wait = max(wait, self._remaining(failures, self.policy.free_per_address, now))
+        if wait > 0:
+            raise TryLaterError("too many failed logins lately; wait before trying again", wait)
+        return clean
+
+    def _remaining(self, failures: tuple[int, int], free: int, now_ms: int) -> float:
+        count, last_ms = failures
+        return last_ms / 1000 + self.policy.delay(count, free) - now_ms / 1000
+
+    def failed(self, name: str, address: str | None) -> None:
+        """Count a failed login against the account name and the network."""
+        now = self._now_ms()
+        since = self._since_ms(now)
+        account = self._catalog.add_login_failure("account", name, now, since)
+        network = network_of(address)
+        from_network = 0
+        if network is not None:
+            from_network = self._catalog.add_login_failure("address", network, now, since)
+        event = fields(
+            event="login_failed",
+            user=name,
+            peer=address,
+            account_failures=account,
+            network_failures=from_network,
+        )
+        delayed = account > self.policy.free_per_account or (
+            from_network > self.policy.free_per_address
+        )
+        if delayed:
+            security_log.warning("login failed; further logins are delayed", extra=event)
+        else:
+            security_log.info("login failed", extra=event)
+        self._prune(now)
+
+    def succeeded(self, name: str) -> None:
+        """A right password: the account's count starts again."""
+        self._catalog.clear_login_failures("account", name)
+
+    def _prune(self, now_ms: int) -> None:
+        with self._prune_lock:
+            if now_ms / 1000 - self._last_prune < _PRUNE_EVERY:
+                return
+            self._last_prune = now_ms / 1000
+        self._catalog.forget_login_failures(self._since_ms(now_ms))
