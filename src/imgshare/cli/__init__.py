@@ -12,6 +12,7 @@ import click
 
 from imgshare import __version__
 from imgshare.errors import ImgshareError
+from imgshare.safetext import escape
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="imgshare", standalone_mode=False)
     except ImgshareError as exc:
-        click.echo(f"imgshare: error: {exc}", err=True)
+        click.echo(f"imgshare: error: {escape(str(exc))}", err=True)
         return 1
     except click.exceptions.Abort:
         click.echo("imgshare: aborted", err=True)

@@ -13,6 +13,7 @@ import click
 
 from imgshare.config import DEFAULT_PORT
 from imgshare.errors import ConfigError, ImgshareError, PeerError
+from imgshare.safetext import escape, safe_filename
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_CA = Path("data/certs/ca.pem")
@@ -131,11 +132,11 @@ def send(files: tuple[Path, ...], as_json: bool, **connection: Any) -> None:
                 result = session.upload(path, sha256=True)
             except PeerError as exc:
                 failures += 1
-                click.echo(f"imgshare: error: {path}: {exc}", err=True)
+                click.echo(f"imgshare: error: {escape(str(path))}: {exc}", err=True)
                 continue
             except ImgshareError as exc:
                 failures += 1
-                click.echo(f"imgshare: error: {path}: {exc}", err=True)
+                click.echo(f"imgshare: error: {escape(str(path))}: {exc}", err=True)
                 session.close()
                 session = open_session(**connection)  # the connection may be unusable
                 continue
@@ -162,8 +163,9 @@ def _print_upload(path: Path, result: Any, as_json: bool) -> None:
         return
     click.echo(f"HMAC of image on client side: {result.hmac}")
     click.echo(
-        f"{path}: stored as {result.id} ({result.size} bytes, sha256 {result.sha256}) "
-        f"at {_iso(result.server_time_ms)}; signed receipt checked, server HMAC matches"
+        f"{escape(str(path))}: stored as {result.id} ({result.size} bytes, sha256 "
+        f"{result.sha256}) at {_iso(result.server_time_ms)}; signed receipt checked, "
+        "server HMAC matches"
     )
 
 
@@ -184,8 +186,8 @@ def get(image_id: str, output: Path | None, force: bool, as_json: bool, **connec
         if output is None:
             entries = {e.image_id.hex(): e for e in session.list_images()}
             entry = entries.get(image_id.lower())
-            name = Path(entry.name).name if entry and entry.name else f"{image_id}.img"
-            output = Path(name if name not in ("", ".", "..") else f"{image_id}.img")
+            fallback = f"{image_id.lower()}.img"
+            output = Path(safe_filename(entry.name, fallback) if entry else fallback)
         result = session.download(image_id.lower(), output, overwrite=force)
     if as_json:
         click.echo(
@@ -202,7 +204,10 @@ def get(image_id: str, output: Path | None, force: bool, as_json: bool, **connec
         )
     else:
         click.echo(f"HMAC of image on client side: {result.hmac}")
-        click.echo(f"{result.path}: {result.size} bytes, sha256 {result.sha256}, HMAC verified")
+        click.echo(
+            f"{escape(str(result.path))}: {result.size} bytes, sha256 {result.sha256}, "
+            "HMAC verified"
+        )
 
 
 @click.command("list")
@@ -228,5 +233,6 @@ def list_images(as_json: bool, **connection: Any) -> None:
             )
         else:
             click.echo(
-                f"{entry.image_id.hex()}  {entry.size:>12}  {_iso(entry.created_ms)}  {entry.name}"
+                f"{entry.image_id.hex()}  {entry.size:>12}  {_iso(entry.created_ms)}  "
+                f"{escape(entry.name)}"
             )
