@@ -11,10 +11,15 @@ import io
 import logging
 import os
 import random
+import re
+import shutil
+import signal
 import socket
 import sqlite3
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -230,9 +235,13 @@ class RawClient:
         context: ssl.SSLContext,
         verifier: ServerVerifier,
         timeout: float = 10.0,
+        source: str | None = None,
     ) -> RawClient:
-        """TLS, then the application handshake; raises if either fails."""
-        raw = socket.create_connection(address, timeout=timeout)
+        """TLS, then the application handshake; raises if either fails. ``source`` is
+        the local address to connect from (another 127.x.y.z plays another host)."""
+        raw = socket.create_connection(
+            address, timeout=timeout, source_address=(source, 0) if source else None
+        )
         try:
             sock = context.wrap_socket(raw, server_hostname=address[0])
         except BaseException:
@@ -391,10 +400,11 @@ class RunningServer:
         session.login(username, password)
         return session
 
-    def raw(self, timeout: float = 10.0) -> RawClient:
-        """A ``RawClient`` (handshake done), for sending what ``ClientSession`` won't."""
+    def raw(self, timeout: float = 10.0, source: str | None = None) -> RawClient:
+        """A ``RawClient`` (handshake done), for sending what ``ClientSession`` won't;
+        ``source`` picks the local address (127.0.0.2 plays another host)."""
         client = RawClient.connect(
-            (HOST, self.port), self.ssl_context(), self.verifier(), timeout=timeout
+            (HOST, self.port), self.ssl_context(), self.verifier(), timeout=timeout, source=source
         )
         self._clients.append(client)
         return client
@@ -430,6 +440,15 @@ class RunningServer:
             self.server.service.close()
 
 
+def add_users(data: Path, names: list[str], password: str = PASSWORD) -> None:
+    """Create ``names`` (cheap hashes) in the catalog of ``data``, server running or not."""
+    with open_catalog(data) as catalog:
+        setup = Accounts(catalog, hasher=CHEAP_HASHER)
+        for name in names:
+            if catalog.get_user_by_name(name) is None:
+                setup.add_user(name, password)
+
+
 def start_server(
     data: Path, users: tuple[str, ...] = (), ca: Path | None = None, **settings: Any
 ) -> RunningServer:
@@ -444,11 +463,7 @@ def start_server(
     settings.setdefault("host", HOST)
     settings.setdefault("port", 0)
     config = ServerSettings(data=data, **settings)
-    with open_catalog(data) as catalog:
-        setup = Accounts(catalog, hasher=CHEAP_HASHER)
-        for name in users:
-            if catalog.get_user_by_name(name) is None:
-                setup.add_user(name, PASSWORD)
+    add_users(data, list(users))
     server = build_server(config, password_hasher=CHEAP_HASHER)
     accounts = server.service.accounts
     thread = threading.Thread(
@@ -456,3 +471,93 @@ def start_server(
     )
     thread.start()
     return RunningServer(server, config, accounts, thread, ca)
+
+
+# --- the console script in a subprocess --------------------------------------------------
+
+_BESIDE_PYTHON = Path(sys.executable).parent / "imgshare"
+IMGSHARE = str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else shutil.which("imgshare")
+if IMGSHARE is None:  # pragma: no cover - the package is installed in the test venv
+    raise RuntimeError("the imgshare console script is not installed in this venv")
+
+
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSHARE_")}
+    env.update(extra or {})
+    return env
+
+
+def imgshare(
+    *args: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run the console script; capture stdout and stderr as text."""
+    return subprocess.run(
+        [IMGSHARE, *map(str, args)],
+        cwd=cwd,
+        env=environment(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class ServeProcess:
+    """``imgshare serve`` as a child process whose stderr is read line by line."""
+
+    def __init__(self, *args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [IMGSHARE, "serve", *map(str, args)],
+            cwd=cwd,
+            env=environment(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """The first stderr line matching ``pattern``, waiting up to ``timeout`` s."""
+
+        def found() -> re.Match[str] | None:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=5)
+                raise AssertionError("serve exited early:\n" + "\n".join(self.lines))
+            return None
+
+        result: re.Match[str] = wait_until(found, timeout=timeout)
+        return result
+
+    def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
+        """SIGTERM; return the exit status and how long it took to exit."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        status = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return status, time.monotonic() - start
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

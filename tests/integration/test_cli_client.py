@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import signal
 import stat
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,45 +19,19 @@ import pytest
 from helpers import (
     PASSWORD,
     RunningServer,
+    ServeProcess,
     catalog_images,
+    imgshare,
     inbox_files,
     noise_image,
     server_hmacs,
-    wait_until,
 )
 
 from imgshare import pki, tls
 from imgshare.client import ClientSession, ca_verifier
 from imgshare.server import open_catalog
 
-_BESIDE_PYTHON = Path(sys.executable).parent / "imgshare"
-IMGSHARE = str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else shutil.which("imgshare")
-if IMGSHARE is None:  # pragma: no cover - the package is installed in the test venv
-    pytest.skip("the imgshare console script is not installed", allow_module_level=True)
-
 HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def _environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSHARE_")}
-    env.update(extra or {})
-    return env
-
-
-def imgshare(
-    *args: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout: float = 30.0
-) -> subprocess.CompletedProcess[str]:
-    """Run the console script; capture stdout and stderr as text."""
-    return subprocess.run(
-        [IMGSHARE, *map(str, args)],
-        cwd=cwd,
-        env=_environment(env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def _password_file(tmp_path: Path, password: str = PASSWORD) -> Path:
@@ -269,7 +237,7 @@ def test_list_json(server: RunningServer, client: ClientSession, tmp_path: Path)
     assert [line.split()[0] for line in text.stdout.splitlines()] == [first.id, second.id]
 
 
-def test_password_from_the_environment(server: RunningServer, tmp_path: Path) -> None:
+def test_password_from_theenvironment(server: RunningServer, tmp_path: Path) -> None:
     result = _ok(
         imgshare(
             "list",
@@ -353,66 +321,6 @@ def test_help_of_each_command(command: list[str], tmp_path: Path) -> None:
 
 
 # --- imgshare serve ------------------------------------------------------------------------
-
-
-class ServeProcess:
-    """``imgshare serve`` as a child process whose stderr is read line by line."""
-
-    def __init__(self, *args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [IMGSHARE, "serve", *map(str, args)],
-            cwd=cwd,
-            env=_environment(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        """The first stderr line matching ``pattern``, waiting up to ``timeout`` s."""
-
-        def found() -> re.Match[str] | None:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            if self.proc.poll() is not None:
-                self._reader.join(timeout=5)
-                raise AssertionError("serve exited early:\n" + "\n".join(self.lines))
-            return None
-
-        result: re.Match[str] = wait_until(found, timeout=timeout)
-        return result
-
-    def terminate(self, timeout: float = 5.0) -> tuple[int, float]:
-        """SIGTERM; return the exit status and how long it took to exit."""
-        start = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        status = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return status, time.monotonic() - start
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-    def __enter__(self) -> ServeProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def _mode(path: Path) -> int:

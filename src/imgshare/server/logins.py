@@ -14,9 +14,9 @@ decision 12; docs/security.md says what they defend):
 ``LoginThrottle``
     Failed logins are counted per account name (whatever the source address) and
     per client network (an IPv4 address, an IPv6 /64), in the catalog, so the count
-    survives restarts and will hold across processes. After ``free`` failures each
-    further attempt waits ``base * 2**(failures - free)`` seconds after the last
-    failure, at most ``max_delay``: an attempt inside that delay is answered
+    survives restarts and will hold across processes. Once there are ``free``
+    failures, the next attempt waits ``base * 2**(failures - free)`` seconds after the
+    last failure, at most ``max_delay``: an attempt inside that delay is answered
     TRY_LATER without hashing. The right password still gets in after the delay, so
     an attacker can slow an account down but never lock it. Counts are forgotten
     ``forget_after`` seconds after their last failure, and a successful login
@@ -122,10 +122,11 @@ class ThrottlePolicy:
     forget_after: float = 3600.0
 
     def delay(self, failures: int, free: int) -> float:
-        """The wait after the last of ``failures`` failures, ``free`` of them forgiven."""
-        if failures <= free:
+        """The wait after the last of ``failures`` failures: none before ``free`` of
+        them, then ``base_delay``, doubling with each further failure."""
+        if failures < free or failures == 0:
             return 0.0
-        return float(min(self.max_delay, self.base_delay * 2.0 ** min(failures - free - 1, 60)))
+        return float(min(self.max_delay, self.base_delay * 2.0 ** min(failures - free, 60)))
 
 
 def network_of(address: str | None) -> str | None:
@@ -208,8 +209,8 @@ class LoginThrottle:
             account_failures=account,
             network_failures=from_network,
         )
-        delayed = account > self.policy.free_per_account or (
-            from_network > self.policy.free_per_address
+        delayed = account >= self.policy.free_per_account or (
+            from_network >= self.policy.free_per_address
         )
         if delayed:
             security_log.warning("login failed; further logins are delayed", extra=event)

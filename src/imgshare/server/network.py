@@ -189,18 +189,23 @@ class ConnectionHandler:
 
     # -- receiving ---------------------------------------------------------------------
 
-    def _deadline_for(self, conn: ServerConnection, session: Session, handshake: float) -> float:
-        """Seconds to wait for the peer's next bytes outside a transfer."""
+    def _deadline_for(
+        self, conn: ServerConnection, session: Session, handshake: float
+    ) -> tuple[float, str]:
+        """Seconds to wait for the peer's next bytes outside a transfer, and what to
+        tell it when they run out. Raises ``_Timeout`` if they already have."""
+        net = self.server.net
         if conn.state in (State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED):
             deadline, what = handshake, "application handshake timeout"
         elif session.user is None:
-            deadline, what = self._login_deadline, "login timeout"
+            deadline = self._login_deadline
+            what = f"not logged in within {net.login_timeout:g} s of the handshake"
         else:
-            return self.server.net.idle_timeout
+            return net.idle_timeout, f"idle for {net.idle_timeout:g} s"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Timeout(what)
-        return remaining
+        return remaining, what
 
     def _serve(self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session) -> None:
         handshake_deadline = time.monotonic() + self.server.net.app_handshake_timeout
@@ -226,9 +231,12 @@ class ConnectionHandler:
                 if conn.state in TRANSFER_STATES:
                     self._receive(tls, conn, session, None)
                 else:
-                    timeout = self._deadline_for(conn, session, handshake_deadline)
-                    self._receive(tls, conn, session, timeout)
-            except (TimeoutError, _Timeout, TooSlow) as exc:
+                    timeout, what = self._deadline_for(conn, session, handshake_deadline)
+                    try:
+                        self._receive(tls, conn, session, timeout)
+                    except TimeoutError:
+                        raise _Timeout(what) from None
+            except (_Timeout, TooSlow) as exc:
                 self._send_timeout(tls, conn, exc)
                 return
             except (IntegrityError, StorageError) as exc:  # found by an upload pipeline

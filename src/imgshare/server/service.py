@@ -171,6 +171,9 @@ class Upload:
             info = self._validate()
             self._commit_files()
             record = self._record(info, mac)
+            # A failed commit may still reach the disk (an fsync error after the write):
+            # take the row back too, so that it cannot come back without its files.
+            self._committed.append(lambda: self.service.catalog.delete_image(record.id))
             self.service.catalog.add_image(record)
         except BaseException:
             self.abort()
@@ -201,12 +204,13 @@ class Upload:
             self._committed.append(lambda: inbox.delete(self.user.name, name))
 
     def _undo_commits(self) -> None:
-        """Remove what ``_commit_files`` made visible (plaintext first); never raises."""
+        """Take back what was made visible, newest first (the catalog row, then the
+        plaintext, then the sealed object); never raises."""
         for undo in reversed(self._committed):
             try:
                 undo()
             except StorageError as exc:  # left for the start-up sweep
-                log.error("cannot remove a file of a failed upload: %s", exc)
+                log.error("cannot take back part of a failed upload: %s", exc)
         if self._committed and self._inbox_name is not None and self.service.inbox is not None:
             self.service.inbox.remove_empty_folder(self.user.name)
         self._committed.clear()

@@ -61,6 +61,11 @@ class UploadSlots:
         with self._lock:
             return self._memory_used
 
+    def in_flight(self, user_id: int) -> int:
+        """How many uploads of this user are in flight."""
+        with self._lock:
+            return self._uploads[user_id]
+
     def reserve(self, user_id: int, size: int, buffer_memory: int) -> Reservation:
         """Reserve for an upload of ``size`` bytes whose buffers need ``buffer_memory``.
 
