@@ -34,7 +34,7 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from imgshare.errors import AuthError, ConfigError, StorageError
-from imgshare.server.logins import HashGate
+from imgshare.server.logins import HashGate, Line
 from imgshare.store.catalog import Catalog, DeletedImage, User, UserExistsError
 
 log = logging.getLogger(__name__)
@@ -65,25 +65,25 @@ class Throttle(Protocol):
     """Login throttling (``imgshare.server.logins.LoginThrottle`` in the server).
 
     ``admit`` raises ``TryLaterError`` to refuse an attempt for now, alike for known
-    and unknown names, and returns whether the attempt may go first in the hash gate.
+    and unknown names, and returns the line it waits in at the hash gate.
     """
 
-    def admit(self, name: str, address: str | None) -> bool: ...
+    def admit(self, name: str, address: str | None) -> Line: ...
     def failed(self, name: str, address: str | None) -> None: ...
-    def succeeded(self, name: str) -> None: ...
+    def succeeded(self, name: str, address: str | None) -> None: ...
 
 
 class NoThrottle:
     """The ``Throttle`` of admin tools: allows everything, remembers nothing."""
 
-    def admit(self, name: str, address: str | None) -> bool:
+    def admit(self, name: str, address: str | None) -> Line:
         """Allow the attempt, first in line."""
-        return True
+        return Line.KNOWN
 
     def failed(self, name: str, address: str | None) -> None:
         """Forget it."""
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, address: str | None) -> None:
         """Forget it."""
 
 
@@ -147,8 +147,8 @@ class Accounts:
         with self._gate.slot():
             return self._hasher.hash(secret)
 
-    def _verify(self, stored_hash: str, secret: str, *, first: bool) -> bool:
-        with self._gate.slot(first=first):
+    def _verify(self, stored_hash: str, secret: str, line: Line) -> bool:
+        with self._gate.slot(line):
             try:
                 return self._hasher.verify(stored_hash, secret)
             except InvalidHashError:
@@ -202,18 +202,18 @@ class Accounts:
         ``TryLaterError`` when the throttle or the hash gate says "not now" (nothing
         counted); ``StorageError``.
         """
-        first = self._throttle.admit(name, address)
+        line = self._throttle.admit(name, address)
         secret = _normalize_password(password)
         user = None
         if secret is not None and isinstance(name, str) and USERNAME_RE.fullmatch(name):
             user = self._catalog.get_user_by_name(name)
         stored = user.password_hash if user is not None else self._dummy_hash
         candidate = secret if secret is not None else "-" * MIN_PASSWORD_LENGTH
-        ok = self._verify(stored, candidate, first=first)
+        ok = self._verify(stored, candidate, line)
         if not ok or user is None or secret is None:
             self._throttle.failed(name, address)
             raise AuthError(_AUTH_FAILED)
-        self._throttle.succeeded(name)
+        self._throttle.succeeded(name, address)
         if self._hasher.check_needs_rehash(stored):
             user = self._rehash(user, secret)
         return user

@@ -26,8 +26,8 @@ from imgshare.protocol import Limits
 from imgshare.protocol.keys import SigningKey, scheme_for
 from imgshare.server.logins import HashGate, LoginThrottle, ThrottlePolicy
 from imgshare.server.network import NetworkSettings, Server
-from imgshare.server.service import Service
-from imgshare.server.uploads import MIN_UPLOAD_MEMORY, UploadSlots
+from imgshare.server.service import CONCURRENT_VALIDATIONS, Service
+from imgshare.server.uploads import MIB, MIN_UPLOAD_MEMORY, UploadSlots
 from imgshare.store import (
     FileBlobStore,
     Inbox,
@@ -201,6 +201,27 @@ def open_files_needed(settings: ServerSettings) -> int:
     the catalog, the listener, certificates and logs."""
     uploads = settings.upload_memory // MIN_UPLOAD_MEMORY
     return settings.max_connections + 3 * uploads + 64
+
+
+#: Resident memory of a server at rest (Python, OpenSSL, Pillow, SQLite), rounded up.
+BASE_MEMORY = 128 * MIB
+#: Resident memory one open connection may hold: its thread's stack pages, its TLS
+#: buffers and its small read buffer (measured: docs/security.md).
+CONNECTION_MEMORY = 256 * 1024
+#: Bytes a decode may hold per pixel (RGBA) while an image is checked.
+DECODE_BYTES_PER_PIXEL = 4
+
+
+def memory_bound(settings: ServerSettings) -> int:
+    """The most resident memory the server needs with these settings (docs/security.md).
+
+    At rest, plus every connection ``max_connections`` allows, plus the buffers of
+    all uploads in flight (``upload_memory``), plus the image checks that may run at
+    once, each decoding at most ``max_pixels``.
+    """
+    decodes = CONCURRENT_VALIDATIONS * settings.max_pixels * DECODE_BYTES_PER_PIXEL
+    connections = settings.max_connections * CONNECTION_MEMORY
+    return BASE_MEMORY + connections + settings.upload_memory + decodes
 
 
 def _raise_open_file_limit(settings: ServerSettings) -> None:

@@ -4,10 +4,12 @@
 ``trusted`` skip the per-address cap; none are trusted by default). Connections that
 have not logged in yet have a cap of their own, well below the total, so clients that
 never log in can never take the places of users who did (docs/design.md, decision 12).
-When that cap is full, a new connection takes the place of the one that has waited
-longest without logging in, unless that one's login is being checked: a newcomer
-needs well under a second to log in, while a squatter would have to refill the whole
-cap faster than that to keep anyone out.
+When that cap is full, a new connection takes the place of a waiting one whose login
+is not being checked: first one that has failed a login, then one of the address with
+the most waiting connections, then the oldest. Squatters pile up on their own
+addresses and password guessers fail logins, so they make room for each other first:
+a user's single connection is displaced only when every other waiting connection is
+as innocent as it is, and even then only if it is the oldest.
 
 ``TransferMeter`` enforces a minimum transfer rate: while an image streams, the peer
 must move at least ``min_bytes`` in every ``window`` seconds spent waiting for it.
@@ -26,12 +28,15 @@ from typing import Protocol
 
 class Waiting(Protocol):
     """What the caps need of a connection: its peer, whether a login is being
-    checked, and a way to end it from another thread."""
+    checked, how many logins it failed, and a way to end it from another thread."""
 
     peer: str
 
     @property
     def logging_in(self) -> bool: ...
+
+    @property
+    def failed_logins(self) -> int: ...
 
     def abort(self) -> None: ...
 
@@ -52,13 +57,41 @@ class ConnectionCaps:
         self._trusted = [ipaddress.ip_network(n) for n in trusted]
         self._counts: Counter[str] = Counter()
         self._open = 0
-        self._waiting: dict[Waiting, None] = {}  # not logged in yet, oldest first
+        # Not logged in yet, per address, with their order of arrival; how many in all.
+        self._waiting: dict[str, dict[Waiting, int]] = {}
+        self._waiting_count = 0
+        self._arrivals = 0
         self._lock = threading.Lock()
 
     @property
     def not_logged_in(self) -> int:
         with self._lock:
-            return len(self._waiting)
+            return self._waiting_count
+
+    def _make_room(self) -> Waiting | None:
+        """Take a waiting connection out of the count, to be aborted (see the module
+        docstring for which); None if every waiting one is logging in."""
+        best: tuple[tuple[bool, int, int], Waiting, str] | None = None
+        for address, queue in self._waiting.items():
+            for connection, arrived in queue.items():
+                if connection.logging_in:
+                    continue
+                rank = (connection.failed_logins == 0, -len(queue), arrived)
+                if best is None or rank < best[0]:
+                    best = (rank, connection, address)
+        if best is None:
+            return None
+        self._forget_waiting(best[1], best[2])
+        return best[1]
+
+    def _forget_waiting(self, connection: Waiting, address: str) -> None:
+        queue = self._waiting.get(address)
+        if queue is None or connection not in queue:
+            return
+        del queue[connection]
+        self._waiting_count -= 1
+        if not queue:
+            del self._waiting[address]
 
     def acquire(self, connection: Waiting, address: str) -> tuple[str | None, Waiting | None]:
         """Count a new connection, not logged in yet.
@@ -72,25 +105,26 @@ class ConnectionCaps:
             if self._counts[address] >= self._per_address and not self._is_trusted(address):
                 return "too many connections from this address", None
             evicted = None
-            if len(self._waiting) >= self._unauthenticated:
-                evicted = next((c for c in self._waiting if not c.logging_in), None)
+            if self._waiting_count >= self._unauthenticated:
+                evicted = self._make_room()
                 if evicted is None:
                     return "too many connections logging in", None
-                del self._waiting[evicted]
-            self._waiting[connection] = None
+            self._arrivals += 1
+            self._waiting.setdefault(address, {})[connection] = self._arrivals
+            self._waiting_count += 1
             self._counts[address] += 1
             self._open += 1
             return None, evicted
 
-    def logged_in(self, connection: Waiting) -> None:
+    def logged_in(self, connection: Waiting, address: str) -> None:
         """The connection logged in: it no longer counts against the login cap."""
         with self._lock:
-            self._waiting.pop(connection, None)
+            self._forget_waiting(connection, address)
 
     def release(self, connection: Waiting, address: str) -> None:
         """The connection ended."""
         with self._lock:
-            self._waiting.pop(connection, None)
+            self._forget_waiting(connection, address)
             self._open -= 1
             self._counts[address] -= 1
             if self._counts[address] <= 0:

@@ -5,11 +5,15 @@ scarcest thing the server has. Two mechanisms share it out (docs/design.md,
 decision 12; docs/security.md says what they defend):
 
 ``HashGate``
-    At most ``slots`` hashes run at once. The others wait in one of two bounded
-    lines: logins from a network with no recent failed login go first, logins from
-    a network that has failed lately wait behind them. A full line, or a wait longer
-    than ``max_wait``, is answered ``TryLaterError`` (TRY_LATER on the wire), never
-    "wrong password": overload must not look like a failed login, nor count as one.
+    At most ``slots`` hashes run at once. The others wait in one of three bounded
+    lines (``Line``): logins from a network that logged in successfully lately go
+    first, then those from networks nothing is known of, and last those from a
+    network whose last attempt failed. Password guessers fail, so they fall to the
+    last line after their first guess, and a flood of them from any number of
+    addresses never stands in front of a user's network. A full line, or a wait
+    longer than ``max_wait``, is answered ``TryLaterError`` (TRY_LATER on the wire),
+    never "wrong password": overload must not look like a failed login, nor count as
+    one.
 
 ``LoginThrottle``
     Failed logins are counted per account name (whatever the source address) and
@@ -26,6 +30,7 @@ decision 12; docs/security.md says what they defend):
 from __future__ import annotations
 
 import contextlib
+import enum
 import ipaddress
 import logging
 import threading
@@ -46,11 +51,20 @@ _FIRST_HASH_SECONDS = 0.2
 _MIN_RETRY_SECONDS = 0.25
 
 
-class HashGate:
-    """At most ``slots`` password hashes at once; a bounded, two-class wait for the rest.
+class Line(enum.IntEnum):
+    """Where a login waits for a hash slot: a lower line always goes first."""
 
-    Thread-safe. ``slot(first=...)`` is a context manager that raises
-    ``TryLaterError`` when the line is full or the wait exceeds ``max_wait``.
+    KNOWN = 0  # its network logged in successfully lately, and failed no login since
+    UNKNOWN = 1  # nothing known of its network (or no network at all)
+    SUSPECT = 2  # its network's last login attempt failed
+
+
+class HashGate:
+    """At most ``slots`` password hashes at once; bounded, ranked lines for the rest.
+
+    Thread-safe. ``slot(line)`` is a context manager that raises ``TryLaterError``
+    when that line is full or the wait exceeds ``max_wait``. A line moves only while
+    every line before it is empty.
     """
 
     def __init__(self, slots: int, max_waiting: int = 32, max_wait: float = 5.0) -> None:
@@ -60,44 +74,48 @@ class HashGate:
         self._max_waiting = max_waiting
         self._max_wait = max_wait
         self._running = 0
-        self._lines: tuple[deque[object], deque[object]] = (deque(), deque())
+        self._lines: tuple[deque[object], ...] = tuple(deque() for _ in Line)
         self._changed = threading.Condition()
         self._hash_seconds = _FIRST_HASH_SECONDS
 
     @property
     def waiting(self) -> int:
         with self._changed:
-            return len(self._lines[0]) + len(self._lines[1])
+            return sum(len(line) for line in self._lines)
+
+    def _ahead_of(self, line: Line) -> int:
+        return sum(len(waiting) for waiting in self._lines[: line + 1])
 
     def _retry_hint(self, ahead: int) -> float:
         return max(_MIN_RETRY_SECONDS, (ahead + 1) * self._hash_seconds / self._slots)
 
-    def _is_next(self, ticket: object, line: deque[object]) -> bool:
-        if self._running >= self._slots or not line or line[0] is not ticket:
+    def _is_next(self, ticket: object, line: Line) -> bool:
+        waiting = self._lines[line]
+        if self._running >= self._slots or not waiting or waiting[0] is not ticket:
             return False
-        return line is self._lines[0] or not self._lines[0]
+        return not any(self._lines[:line])
 
     @contextlib.contextmanager
-    def slot(self, *, first: bool = True) -> Iterator[None]:
-        """Hold one hash slot; ``first`` puts the caller in the line that goes first."""
-        line = self._lines[0 if first else 1]
+    def slot(self, line: Line = Line.KNOWN) -> Iterator[None]:
+        """Hold one hash slot, waiting in ``line`` if none is free."""
+        waiting = self._lines[line]
         ticket = object()
         with self._changed:
-            ahead = len(self._lines[0]) + (0 if first else len(self._lines[1]))
+            ahead = self._ahead_of(line)
             if ahead == 0 and self._running < self._slots:
                 self._running += 1
-            elif len(line) >= self._max_waiting:
+            elif len(waiting) >= self._max_waiting:
                 raise TryLaterError("too many logins at once", self._retry_hint(ahead))
             else:
-                line.append(ticket)
+                waiting.append(ticket)
                 admitted = self._changed.wait_for(
                     lambda: self._is_next(ticket, line), timeout=self._max_wait
                 )
                 if not admitted:
-                    line.remove(ticket)
+                    waiting.remove(ticket)
                     self._changed.notify_all()
                     raise TryLaterError("too many logins at once", self._retry_hint(ahead))
-                line.popleft()
+                waiting.popleft()
                 self._running += 1
                 self._changed.notify_all()  # the next in line may fit in a free slot too
         started = time.monotonic()
@@ -120,6 +138,7 @@ class ThrottlePolicy:
     base_delay: float = 1.0
     max_delay: float = 60.0
     forget_after: float = 3600.0
+    known_for: float = 30 * 86400.0  # a network that logged in is known this long
 
     def delay(self, failures: int, free: int) -> float:
         """The wait after the last of ``failures`` failures: none before ``free`` of
@@ -169,25 +188,30 @@ class LoginThrottle:
     def _since_ms(self, now_ms: int) -> int:
         return now_ms - int(self.policy.forget_after * 1000)
 
-    def admit(self, name: str, address: str | None) -> bool:
+    def admit(self, name: str, address: str | None) -> Line:
         """Allow an attempt now, or raise ``TryLaterError`` with the remaining delay.
 
-        Returns whether the attempt may go first in the hash gate: its network has
-        no failed login to its name lately.
+        Returns the line the attempt waits in at the hash gate: ``KNOWN`` when its
+        network logged in successfully within ``known_for`` and has failed no login
+        since, ``SUSPECT`` when its network's last attempt failed, else ``UNKNOWN``.
         """
         now = self._now_ms()
         since = self._since_ms(now)
         account = self._catalog.login_failures("account", name, since)
         wait = self._remaining(account, self.policy.free_per_account, now)
         network = network_of(address)
-        clean = True
+        line = Line.UNKNOWN
         if network is not None:
             failures = self._catalog.login_failures("address", network, since)
-            clean = failures[0] == 0
             wait = max(wait, self._remaining(failures, self.policy.free_per_address, now))
+            succeeded = self._catalog.last_login_success(network)
+            if failures[0] and failures[1] >= succeeded:
+                line = Line.SUSPECT
+            elif succeeded >= now - int(self.policy.known_for * 1000):
+                line = Line.KNOWN
         if wait > 0:
             raise TryLaterError("too many failed logins lately; wait before trying again", wait)
-        return clean
+        return line
 
     def _remaining(self, failures: tuple[int, int], free: int, now_ms: int) -> float:
         count, last_ms = failures
@@ -218,9 +242,13 @@ class LoginThrottle:
             security_log.info("login failed", extra=event)
         self._prune(now)
 
-    def succeeded(self, name: str) -> None:
-        """A right password: the account's count starts again."""
+    def succeeded(self, name: str, address: str | None) -> None:
+        """A right password: the account's count starts again, and the network is
+        known to log in (its later logins go first when the gate is busy)."""
         self._catalog.clear_login_failures("account", name)
+        network = network_of(address)
+        if network is not None:
+            self._catalog.note_login_success(network, self._now_ms())
 
     def _prune(self, now_ms: int) -> None:
         with self._prune_lock:
@@ -228,3 +256,4 @@ class LoginThrottle:
                 return
             self._last_prune = now_ms / 1000
         self._catalog.forget_login_failures(self._since_ms(now_ms))
+        self._catalog.forget_login_successes(now_ms - int(self.policy.known_for * 1000))

@@ -94,6 +94,11 @@ class ConnectionHandler:
         return self._logging_in
 
     @property
+    def failed_logins(self) -> int:
+        """Logins this connection failed (it goes first when the login cap is full)."""
+        return self.session.login_failures if self.session is not None else 0
+
+    @property
     def user_id(self) -> int | None:
         session = self.session
         user = session.user if session is not None else None
@@ -505,7 +510,7 @@ class Server:
             self.connection_ended(handler)
 
     def logged_in(self, handler: ConnectionHandler) -> None:
-        self._caps.logged_in(handler)
+        self._caps.logged_in(handler, handler.address[0])
 
     def connection_ended(self, handler: ConnectionHandler) -> None:
         with self._lock:

@@ -42,6 +42,10 @@ from imgshare.store.lock import DataFolderLock
 
 log = logging.getLogger(__name__)
 
+#: Image checks at once: a decode holds a whole frame in memory, and more decodes than
+#: cores buy nothing.
+CONCURRENT_VALIDATIONS = max(2, os.cpu_count() or 2)
+
 
 @dataclass
 class Service:
@@ -55,9 +59,8 @@ class Service:
     image_policy: images.ImagePolicy
     uploads: UploadSlots
     max_login_failures: int = 5
-    # Decoding holds a whole frame in memory; more decodes than cores buy nothing.
     validations: threading.BoundedSemaphore = field(
-        default_factory=lambda: threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+        default_factory=lambda: threading.BoundedSemaphore(CONCURRENT_VALIDATIONS)
     )
     #: Events an attacker can cause, logged at a bounded rate (the server flushes it).
     events: SummarizedLog = field(
@@ -284,7 +287,7 @@ class Session:
         self.user = authenticated_user
         self._on_login = on_login
         self.upload: Upload | None = None
-        self._login_failures = 0
+        self.login_failures = 0
 
     def reply(self, event: ev.Event) -> None:
         self._send(self.conn.send(event))
@@ -360,8 +363,8 @@ class Session:
             self.try_later(exc)
             return
         except AuthError:
-            self._login_failures += 1
-            if self._login_failures >= self.service.max_login_failures:
+            self.login_failures += 1
+            if self.login_failures >= self.service.max_login_failures:
                 self.reply(ev.Error(ErrorCode.AUTH_FAILED, "too many failed logins", fatal=True))
                 return
             self.fail(ErrorCode.AUTH_FAILED, "invalid username or password")

@@ -101,6 +101,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             last_failure_ms INTEGER NOT NULL,
             PRIMARY KEY (scope, key)
         ) STRICT, WITHOUT ROWID""",
+        # Client networks that logged in successfully, and when last: their logins go
+        # first when the password checks are busy.
+        """CREATE TABLE login_networks (
+            network         TEXT    PRIMARY KEY,
+            last_success_ms INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID""",
     ),
 )
 
@@ -188,6 +194,9 @@ class Catalog(Protocol):
     def add_login_failure(self, scope: str, key: str, now: int, since_ms: int) -> int: ...
     def clear_login_failures(self, scope: str, key: str) -> None: ...
     def forget_login_failures(self, before_ms: int) -> int: ...
+    def note_login_success(self, network: str, now: int) -> None: ...
+    def last_login_success(self, network: str) -> int: ...
+    def forget_login_successes(self, before_ms: int) -> int: ...
     def close(self) -> None: ...
 
 
@@ -518,5 +527,30 @@ class SQLiteCatalog:
         with self._write("forget login failures") as db:
             cursor = db.execute(
                 "DELETE FROM login_failures WHERE last_failure_ms < ?", (before_ms,)
+            )
+        return cursor.rowcount
+
+    def note_login_success(self, network: str, now: int) -> None:
+        """Remember that a login from ``network`` succeeded at ``now``."""
+        with self._write("note a login") as db:
+            db.execute(
+                "INSERT INTO login_networks (network, last_success_ms) VALUES (?, ?) "
+                "ON CONFLICT (network) DO UPDATE SET last_success_ms = excluded.last_success_ms",
+                (network, now),
+            )
+
+    def last_login_success(self, network: str) -> int:
+        """When a login from ``network`` last succeeded (unix ms), or 0."""
+        with self._read("read login networks") as db:
+            row = db.execute(
+                "SELECT last_success_ms FROM login_networks WHERE network = ?", (network,)
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def forget_login_successes(self, before_ms: int) -> int:
+        """Forget networks whose last successful login is older than ``before_ms``."""
+        with self._write("forget login networks") as db:
+            cursor = db.execute(
+                "DELETE FROM login_networks WHERE last_success_ms < ?", (before_ms,)
             )
         return cursor.rowcount

@@ -1,0 +1,158 @@
+"""Write the seed corpora: fuzz/corpus/records/ and fuzz/corpus/images/.
+
+    .venv/bin/python fuzz/make_corpus.py
+
+Records: for each side and each prefix of the recorded session, the peer's next honest
+records (raw, fed whole and in 7-byte pieces) and, once keys exist, their plaintexts
+as sealed-message inputs; plus the first flight to a fresh connection. See
+fuzz_records.py for the input format. Images: small valid images of every accepted
+format made by Pillow, a few over the harness policy's limits, and hand-made oddities.
+
+The seeds are committed (well under 200 KB); rerun this after a protocol or vector
+change, and commit what changed. Each file is named after its SHA-1, as libFuzzer
+names what it adds, so a rerun does not duplicate files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import fuzz_records as records  # noqa: E402
+
+from imgshare.protocol import RecordType  # noqa: E402
+from protocol_helpers import open_record, other, record_type, sealed_count  # noqa: E402
+
+CORPUS = HERE / "corpus"
+
+
+def write(folder: Path, data: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / hashlib.sha1(data).hexdigest()).write_bytes(data)
+
+
+# --- records ----------------------------------------------------------------------------
+
+
+def peer_run(side: str, steps: int) -> list[bytes]:
+    """The peer's records from step ``steps`` on, up to this side's next own record."""
+    found = []
+    for step in records.SMALL["steps"][steps:]:
+        if step["from"] == side:
+            break
+        found.append(bytes.fromhex(step["record"]))
+    return found
+
+
+def plaintexts(side: str, steps: int, run: list[bytes]) -> list[bytes]:
+    """The messages inside the leading SEALED records of ``run``."""
+    peer = other(side)
+    key = bytes.fromhex(records.SMALL["keys"]["c2s" if peer == "client" else "s2c"])
+    sequence = sealed_count(records.SMALL["steps"][:steps], peer)
+    found = []
+    for record in run:
+        if record_type(record) != RecordType.SEALED:
+            break
+        found.append(open_record(key, sequence, record))
+        sequence += 1
+    return found
+
+
+def record_seeds() -> list[bytes]:
+    seeds = []
+    for bit, side in enumerate(records.SIDES):
+        for which, steps in enumerate(records.PREFIXES[side]):
+            run = peer_run(side, steps)
+            body = b"".join(run)
+            seeds.append(bytes([bit | records.RAW_AFTER_PREFIX << 1, which, 0]) + body)
+            seeds.append(bytes([bit | records.RAW_AFTER_PREFIX << 1 | 8, which, 7]) + body)
+            messages = plaintexts(side, steps, run) if steps >= records.KEYED[side] else []
+            if messages:
+                framed = b"".join(len(m).to_bytes(2, "big") + m for m in messages)
+                seeds.append(bytes([bit | records.SEALED << 1, which, 0]) + framed)
+        first = b"".join(peer_run(side, 0 if side == "server" else 1))
+        seeds.append(bytes([bit | records.RAW_FRESH << 1, 0, 0]) + first)
+    return seeds
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def picture(mode: str, size: tuple[int, int], seed: int = 1) -> Image.Image:
+    rng = random.Random(seed)
+    width, height = size
+    if mode == "P":
+        return Image.frombytes("L", size, rng.randbytes(width * height)).convert("P")
+    return Image.frombytes(mode, size, rng.randbytes(len(Image.new(mode, size).tobytes())))
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def image_seeds() -> list[bytes]:
+    rgb = picture("RGB", (16, 12))
+    grey = picture("L", (16, 12))
+    palette = picture("P", (12, 10))
+    frames = [picture("P", (12, 10), n) for n in (2, 3)]
+    png = encode(rgb, "PNG")
+    return [
+        encode(rgb, "JPEG", quality=80),
+        encode(rgb, "JPEG", progressive=True),
+        encode(grey, "JPEG", restart_marker_blocks=1),
+        encode(picture("CMYK", (8, 8)), "JPEG"),
+        png,
+        encode(picture("P", (16, 12)), "PNG", interlace=1),
+        encode(picture("RGBA", (9, 7)), "PNG"),
+        encode(picture("I;16", (8, 8)), "PNG"),
+        encode(palette, "GIF", save_all=True, append_images=frames, duration=20, loop=0),
+        encode(rgb, "WEBP", quality=50),
+        encode(rgb, "WEBP", lossless=True),
+        encode(rgb, "WEBP", save_all=True, append_images=[picture("RGB", (16, 12), 4)]),
+        encode(rgb, "TIFF"),
+        encode(rgb, "TIFF", compression="tiff_lzw"),
+        encode(rgb, "TIFF", compression="jpeg"),
+        encode(grey, "TIFF", compression="packbits", save_all=True, append_images=[rgb]),
+        encode(picture("1", (16, 12)), "TIFF", compression="group4"),
+        encode(rgb, "BMP"),
+        encode(picture("P", (16, 12)), "BMP"),
+        encode(picture("1", (16, 12)), "BMP"),
+        # Over the harness policy (1 Mpx a frame): a 1-bit PNG of 1100 x 1000 zeros.
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1100, 1000, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(1000 * 139), 9))
+        + chunk(b"IEND", b""),
+        png[: len(png) // 2],  # truncated
+        b"GIF89a" + bytes(7),  # a header and nothing else
+    ]
+
+
+def main() -> None:
+    for data in record_seeds():
+        write(CORPUS / "records", data)
+    for data in image_seeds():
+        write(CORPUS / "images", data)
+    for folder in sorted(CORPUS.iterdir()):
+        files = list(folder.iterdir())
+        size = sum(f.stat().st_size for f in files)
+        print(f"{folder.relative_to(HERE.parent)}: {len(files)} files, {size} bytes")
+
+
+if __name__ == "__main__":
+    main()
