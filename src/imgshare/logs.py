@@ -40,13 +40,17 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 class HumanFormatter(logging.Formatter):
+    """One line per record; a traceback follows on lines that start with ``  | ``, so
+    that no text inside it (an exception may quote a client) passes for a record."""
+
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k}={escape(str(v))}" for k, v in _fields(record).items())
+        extra = " ".join(f"{escape(k)}={escape(str(v))}" for k, v in _fields(record).items())
         line = f"{_timestamp(record)} {record.levelname:<7} {escape(record.getMessage())}"
         if extra:
             line = f"{line}  {extra}"
         if record.exc_info:
-            line = f"{line}\n{self.formatException(record.exc_info)}"
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n  | {escape(part)}" for part in trace)
         return line
 
 

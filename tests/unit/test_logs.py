@@ -80,8 +80,19 @@ def test_human_line_carries_the_traceback() -> None:
     text = logs.HumanFormatter().format(record)
     first, *rest = text.splitlines()
     assert re.fullmatch(TIME + r" ERROR   internal error", first)
-    assert rest[0].startswith("Traceback")
-    assert rest[-1] == "ValueError: boom"
+    assert rest[0].startswith("  | Traceback")
+    assert rest[-1] == "  | ValueError: boom"
+
+
+def test_a_traceback_cannot_forge_a_record() -> None:
+    forged = "x\n2030-01-01T00:00:00.000Z INFO    login  user=admin\u202e"
+    try:
+        raise ValueError(forged)
+    except ValueError:
+        record = _record("internal error", level=logging.ERROR, exc_info=True)
+    _, *rest = logs.HumanFormatter().format(record).splitlines()
+    assert all(line.startswith("  | ") for line in rest)
+    assert "\u202e" not in "".join(rest) and "\\u202e" in "".join(rest)
 
 
 def test_human_line_cannot_be_forged_by_client_text() -> None:

@@ -113,12 +113,6 @@ def test_unparsable_addresses_are_never_trusted(address: str) -> None:
     assert caps.acquire(FakeConnection(), address) == (FROM_ADDRESS, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ConnectionCaps._is_trusted does not unwrap IPv4-mapped IPv6 addresses: behind a "
-    "dual-stack listener (host '::') IPv4 clients arrive as ::ffff:a.b.c.d and a trusted "
-    "IPv4 network never matches them (network_of in logins.py does unwrap them)",
-)
 def test_ipv4_mapped_address_is_in_a_trusted_ipv4_network() -> None:
     caps = ConnectionCaps(total=10, per_address=1, unauthenticated=10, trusted=["192.0.2.0/24"])
     admit(caps, "::ffff:192.0.2.7")

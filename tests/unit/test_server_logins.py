@@ -817,3 +817,21 @@ def test_logins_wait_in_the_line_of_their_network(
     join_all(threads)
     assert errors == []
     assert hasher.verified == ["password of dave", "password of carol", "password of bob"]
+
+
+def test_attempts_that_arrive_together_as_a_delay_ends_get_one_guess(
+    throttle: LoginThrottle, clock: FakeClock
+) -> None:
+    """Concurrent attempts after a delay are let through one at a time: the first
+    holds the delay; the others wait, and the hold ends with the attempt."""
+    for _ in range(POLICY.free_per_account):
+        throttle.failed("alice", None)
+    clock.advance(POLICY.delay(POLICY.free_per_account, POLICY.free_per_account) + 0.001)
+    throttle.admit("alice", None)  # let through: it now holds the account
+    with pytest.raises(TryLaterError) as second:
+        throttle.admit("alice", None)
+    assert second.value.retry_after > 0
+    throttle.failed("alice", None)  # the first attempt failed: its hold ends...
+    with pytest.raises(TryLaterError) as third:
+        throttle.admit("alice", None)  # ...and a longer delay begins
+    assert third.value.retry_after > second.value.retry_after

@@ -294,12 +294,6 @@ def test_reading_a_linked_object_file_is_refused(store: FileBlobStore, outside: 
     assert (outside / "secret").read_bytes() == b"not an object"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FileBlobStore.exists() says 'Whether the object is stored (as a regular file, "
-    "not a link)' but raises StorageError('... is not a regular file') from size() for a "
-    "symlink at objects/<xx>/<id> instead of returning False",
-)
 def test_exists_is_false_for_a_linked_object_file(store: FileBlobStore, outside: Path) -> None:
     object_id = id_with_prefix("ab")
     (outside / "secret").write_bytes(b"not an object")

@@ -26,6 +26,28 @@ from collections.abc import Sequence
 from typing import Protocol
 
 
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address of a peer (IPv4-mapped IPv6 as IPv4, scope dropped), or None."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def network_of(address: str | None) -> str | None:
+    """The key of a client address for caps and throttles: IPv4 as is, IPv6 by its
+    /64 (one customer's block), or None when there is no usable address."""
+    ip = _ip(address) if address else None
+    if ip is None:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class Waiting(Protocol):
     """What the caps need of a connection: its peer, whether a login is being
     checked, how many logins it failed, and a way to end it from another thread."""
@@ -94,15 +116,18 @@ class ConnectionCaps:
             del self._waiting[address]
 
     def acquire(self, connection: Waiting, address: str) -> tuple[str | None, Waiting | None]:
-        """Count a new connection, not logged in yet.
+        """Count a new connection, not logged in yet, from ``address`` (counted with
+        the rest of its network: an IPv6 /64 is one client).
 
         Returns ``(refusal, evicted)``: why it is refused (None if it may stay), and
         the connection it displaced, which the caller must ``abort()``.
         """
+        trusted = self._is_trusted(address)
+        address = network_of(address) or address
         with self._lock:
             if self._open >= self._total:
                 return "too many connections", None
-            if self._counts[address] >= self._per_address and not self._is_trusted(address):
+            if self._counts[address] >= self._per_address and not trusted:
                 return "too many connections from this address", None
             evicted = None
             if self._waiting_count >= self._unauthenticated:
@@ -118,11 +143,13 @@ class ConnectionCaps:
 
     def logged_in(self, connection: Waiting, address: str) -> None:
         """The connection logged in: it no longer counts against the login cap."""
+        address = network_of(address) or address
         with self._lock:
             self._forget_waiting(connection, address)
 
     def release(self, connection: Waiting, address: str) -> None:
         """The connection ended."""
+        address = network_of(address) or address
         with self._lock:
             self._forget_waiting(connection, address)
             self._open -= 1
@@ -131,11 +158,8 @@ class ConnectionCaps:
                 del self._counts[address]
 
     def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        return any(ip in network for network in self._trusted)
+        ip = _ip(address)
+        return ip is not None and any(ip in trusted for trusted in self._trusted)
 
 
 class TooSlow(Exception):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import ipaddress
 import logging
 import threading
 import time
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 
 from imgshare.errors import TryLaterError
 from imgshare.logs import fields
+from imgshare.server.caps import network_of
 from imgshare.store.catalog import Catalog
 
 security_log = logging.getLogger("imgshare.security")
@@ -142,26 +142,12 @@ class ThrottlePolicy:
 
     def delay(self, failures: int, free: int) -> float:
         """The wait after the last of ``failures`` failures: none before ``free`` of
-        them, then ``base_delay``, doubling with each further failure."""
-        if failures < free or failures == 0:
+        them (at least one), then ``base_delay``, doubling with each further failure,
+        at most ``max_delay``."""
+        first = max(free, 1)
+        if failures < first:
             return 0.0
-        return float(min(self.max_delay, self.base_delay * 2.0 ** min(failures - free, 60)))
-
-
-def network_of(address: str | None) -> str | None:
-    """The throttle key of a client address: IPv4 as is, IPv6 by its /64 (one
-    customer's block), or None when there is no usable address."""
-    if not address:
-        return None
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+        return float(min(self.max_delay, self.base_delay * 2.0 ** min(failures - first, 60)))
 
 
 _PRUNE_EVERY = 60.0
@@ -197,25 +183,30 @@ class LoginThrottle:
         """
         now = self._now_ms()
         since = self._since_ms(now)
-        account = self._catalog.login_failures("account", name, since)
-        wait = self._remaining(account, self.policy.free_per_account, now)
         network = network_of(address)
-        line = Line.UNKNOWN
+        counted = [("account", name, self.policy.free_per_account)]
         if network is not None:
-            failures = self._catalog.login_failures("address", network, since)
-            wait = max(wait, self._remaining(failures, self.policy.free_per_address, now))
-            succeeded = self._catalog.last_login_success(network)
-            if failures[0] and failures[1] >= succeeded:
-                line = Line.SUSPECT
-            elif succeeded >= now - int(self.policy.known_for * 1000):
-                line = Line.KNOWN
-        if wait > 0:
-            raise TryLaterError("too many failed logins lately; wait before trying again", wait)
-        return line
+            counted.append(("address", network, self.policy.free_per_address))
+        # One transaction reads the counts and, when a delay is in force, claims the
+        # attempt, so that attempts arriving together as a delay ends get one guess
+        # between them, not one each.
+        wait_ms = self._catalog.claim_login_attempt(counted, now, since, self._delay_ms)
+        if wait_ms > 0:
+            raise TryLaterError(
+                "too many failed logins lately; wait before trying again", wait_ms / 1000
+            )
+        if network is None:
+            return Line.UNKNOWN
+        failures, last_failure = self._catalog.login_failures("address", network, since)
+        succeeded = self._catalog.last_login_success(network)
+        if failures and last_failure >= succeeded:
+            return Line.SUSPECT
+        if succeeded >= now - int(self.policy.known_for * 1000):
+            return Line.KNOWN
+        return Line.UNKNOWN
 
-    def _remaining(self, failures: tuple[int, int], free: int, now_ms: int) -> float:
-        count, last_ms = failures
-        return last_ms / 1000 + self.policy.delay(count, free) - now_ms / 1000
+    def _delay_ms(self, failures: int, free: int) -> int:
+        return int(self.policy.delay(failures, free) * 1000)
 
     def failed(self, name: str, address: str | None) -> None:
         """Count a failed login against the account name and the network."""

@@ -426,12 +426,16 @@ class FileBlobStore:
         return info.st_size
 
     def exists(self, object_id: str) -> bool:
-        """Whether the object is stored (as a regular file, not a link)."""
+        """Whether the object is stored (as a regular file, not a link). Raises
+        ``StorageError`` if its folder cannot be read."""
         try:
-            self.size(object_id)
-        except BlobNotFound:
+            with _folder(self.root, self._folder_of(object_id)) as folder:
+                info = os.stat(object_id, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
             return False
-        return True
+        except OSError as exc:
+            raise _os_error("stat", self.path_of(object_id), exc) from exc
+        return stat.S_ISREG(info.st_mode)
 
     def delete(self, object_id: str) -> bool:
         """Remove an object; return whether it existed. Raises ``StorageError``.

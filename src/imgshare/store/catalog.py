@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -99,6 +99,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             key             TEXT    NOT NULL,
             failures        INTEGER NOT NULL CHECK (failures > 0),
             last_failure_ms INTEGER NOT NULL,
+            held_until_ms   INTEGER NOT NULL DEFAULT 0,  -- an attempt let through holds
             PRIMARY KEY (scope, key)
         ) STRICT, WITHOUT ROWID""",
         # Client networks that logged in successfully, and when last: their logins go
@@ -193,6 +194,13 @@ class Catalog(Protocol):
     def login_failures(self, scope: str, key: str, since_ms: int) -> tuple[int, int]: ...
     def add_login_failure(self, scope: str, key: str, now: int, since_ms: int) -> int: ...
     def clear_login_failures(self, scope: str, key: str) -> None: ...
+    def claim_login_attempt(
+        self,
+        counted: Sequence[tuple[str, str, int]],
+        now: int,
+        since_ms: int,
+        delay_ms: Callable[[int, int], int],
+    ) -> int: ...
     def forget_login_failures(self, before_ms: int) -> int: ...
     def note_login_success(self, network: str, now: int) -> None: ...
     def last_login_success(self, network: str) -> int: ...
@@ -506,16 +514,55 @@ class SQLiteCatalog:
 
     def add_login_failure(self, scope: str, key: str, now: int, since_ms: int) -> int:
         """Count one more failure at ``now`` (failures before ``since_ms`` are
-        forgotten first); return the count."""
+        forgotten first; the attempt's hold ends); return the count."""
         with self._write("count a login failure") as db:
             row = db.execute(
                 "INSERT INTO login_failures (scope, key, failures, last_failure_ms) "
                 "VALUES (?, ?, 1, ?) ON CONFLICT (scope, key) DO UPDATE SET "
                 "failures = CASE WHEN last_failure_ms >= ? THEN failures + 1 ELSE 1 END, "
-                "last_failure_ms = excluded.last_failure_ms RETURNING failures",
+                "last_failure_ms = excluded.last_failure_ms, held_until_ms = 0 "
+                "RETURNING failures",
                 (scope, key, now, since_ms),
             ).fetchone()
         return int(row[0])
+
+    def claim_login_attempt(
+        self,
+        counted: Sequence[tuple[str, str, int]],
+        now: int,
+        since_ms: int,
+        delay_ms: Callable[[int, int], int],
+    ) -> int:
+        """Let one login attempt through the failure counts of ``counted`` (each
+        ``(scope, key, free)``), atomically.
+
+        ``delay_ms(failures, free)`` is the wait a count imposes after its last
+        failure. If any count still imposes a wait (or is held by an attempt let
+        through earlier), return the longest (ms) and change nothing. Otherwise return
+        0, and let the attempt hold every count that imposes a delay for that delay
+        from ``now``: attempts that arrive together get through one at a time.
+        """
+        with self._write("claim a login attempt") as db:
+            rows = []
+            for scope, key, free in counted:
+                row = db.execute(
+                    "SELECT failures, last_failure_ms, held_until_ms FROM login_failures "
+                    "WHERE scope = ? AND key = ? AND last_failure_ms >= ?",
+                    (scope, key, since_ms),
+                ).fetchone()
+                if row is not None:
+                    delay = delay_ms(int(row[0]), free)
+                    rows.append((scope, key, delay, max(int(row[1]) + delay, int(row[2]))))
+            wait = max((until - now for *_, until in rows), default=0)
+            if wait > 0:
+                return wait
+            for scope, key, delay, _ in rows:
+                if delay > 0:
+                    db.execute(
+                        "UPDATE login_failures SET held_until_ms = ? WHERE scope = ? AND key = ?",
+                        (now + delay, scope, key),
+                    )
+        return 0
 
     def clear_login_failures(self, scope: str, key: str) -> None:
         """Forget the failures of ``scope``/``key`` (after a successful login)."""
@@ -531,12 +578,17 @@ class SQLiteCatalog:
         return cursor.rowcount
 
     def note_login_success(self, network: str, now: int) -> None:
-        """Remember that a login from ``network`` succeeded at ``now``."""
+        """Remember that a login from ``network`` succeeded at ``now`` (and let go of
+        the network's count, which that attempt held)."""
         with self._write("note a login") as db:
             db.execute(
                 "INSERT INTO login_networks (network, last_success_ms) VALUES (?, ?) "
                 "ON CONFLICT (network) DO UPDATE SET last_success_ms = excluded.last_success_ms",
                 (network, now),
+            )
+            db.execute(
+                "UPDATE login_failures SET held_until_ms = 0 WHERE scope = 'address' AND key = ?",
+                (network,),
             )
 
     def last_login_success(self, network: str) -> int:
