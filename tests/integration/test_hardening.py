@@ -66,7 +66,7 @@ def _closed(session: ClientSession, timeout: float) -> bool:
 @pytest.fixture
 def slow_user_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the per-request check may act: the periodic sweep of removed users waits."""
-    monkeypatch.setattr(network, "USER_CHECK_INTERVAL", 3600.0)
+    monkeypatch.setattr(network, "USER_CHECK_INTERVAL", 3600.0, raising=False)
 
 
 @pytest.mark.usefixtures("slow_user_check")
@@ -454,20 +454,24 @@ def read_only(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
         subprocess.run(["umount", folder], check=False)
 
 
+@pytest.mark.parametrize("part", [".", "tmp", "inbox/.tmp"])
 def test_a_read_only_data_folder_is_refused_at_start(
-    tmp_path: Path, read_only: Callable[[Path], None]
+    tmp_path: Path, read_only: Callable[[Path], None], part: str
 ) -> None:
+    """Finding 10: with a folder where uploads write read-only, the server started
+    and then failed every upload; now it refuses to start and names the folder."""
     data = tmp_path / "data"
     with ServeProcess("--data", data, "--port", "0", cwd=tmp_path) as first:
         first.wait_for(r"listening on")
         first.terminate()
-    read_only(data)
+    read_only(data / part)
     refused = subprocess.run(
         [IMGSHARE_PY, "-m", "imgshare", "serve", "--data", str(data), "--port", "0"],
         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert refused.returncode == 1
     assert re.search(r"cannot write to (the data folder )?\S*data", refused.stderr), refused.stderr
+    assert str(data / part).rstrip("/.") in refused.stderr
     assert "Traceback" not in refused.stderr
 
 

@@ -241,6 +241,7 @@ def test_load_truncated_images_setting_is_refused(monkeypatch: pytest.MonkeyPatc
         {"formats": frozenset()},
         {"max_pixels": 0},
         {"max_frames": 0},
+        {"max_side": 0},
         {"max_pixels": 100, "max_total_pixels": 99},
     ],
 )
@@ -406,3 +407,267 @@ def test_which_jpegs_are_proven_by_structure(options: dict[str, object], structu
     # anything else falls back to the decode.
     data = encode(photo(160, 120), "JPEG", **options)
     assert _sequential_jpeg_sound(io.BytesIO(data), len(data)) is structural
+
+
+# --- pixel data shorter than the header declares -------------------------------------
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of every chunk after the signature."""
+    chunks, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        chunks.append((kind, data[at + 8 : at + 8 + length]))
+        at += 12 + length
+    return chunks
+
+
+def png_from(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"".join(png_chunk(kind, body) for kind, body in chunks)
+
+
+def png_rows(width: int, height: int, interlace: bool) -> list[tuple[int, int]]:
+    """(pixels a row, rows) of each pass with pixels, as the PNG specification lays out
+    Adam7 (written out here apart from images.py)."""
+    if not interlace:
+        return [(width, height)]
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2)]
+    passes.append((0, 1, 1, 2))
+    sizes = [(len(range(x, width, dx)), len(range(y, height, dy))) for x, y, dx, dy in passes]
+    return [(columns, rows) for columns, rows in sizes if columns and rows]
+
+
+def handmade_png(
+    width: int,
+    height: int,
+    *,
+    interlace: bool = False,
+    rows: int | None = None,
+    row_filter: int = 0,
+    after_pixels: list[tuple[bytes, bytes]] | None = None,
+) -> bytes:
+    """An RGB PNG of random bytes, every row behind filter ``row_filter``; ``rows``
+    keeps only that many rows in all (or adds some), in a well-formed zlib stream."""
+    rng = random.Random(11)
+    scanlines = [
+        bytes([row_filter]) + rng.randbytes(columns * 3)
+        for columns, count in png_rows(width, height, interlace)
+        for _ in range(count)
+    ]
+    if rows is not None:
+        scanlines = (scanlines * 2)[:rows]
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlace))
+    chunks = [(b"IHDR", header), (b"IDAT", zlib.compress(b"".join(scanlines)))]
+    return png_from([*chunks, *(after_pixels or []), (b"IEND", b"")])
+
+
+@pytest.mark.parametrize("interlace", [False, True], ids=["sequential", "interlaced"])
+def test_png_with_its_last_rows_missing_is_rejected_though_it_decodes(interlace: bool) -> None:
+    """Pillow's PNG decoder stops without an error where the zlib stream ends."""
+    whole = handmade_png(37, 23, interlace=interlace)
+    assert decodes(whole)
+    assert validate_image(io.BytesIO(whole)) == ImageInfo("PNG", 37, 23, "image/png", "png")
+    rows = sum(count for _, count in png_rows(37, 23, interlace))
+    for kept in (rows - 1, rows // 2, 1):
+        short = handmade_png(37, 23, interlace=interlace, rows=kept)
+        assert decodes(short)  # what a decode alone would say
+        with pytest.raises(ImageError, match=r"rows are missing \(its zlib stream ends"):
+            validate_image(io.BytesIO(short))
+
+
+def test_png_claiming_a_huge_picture_with_no_data_is_rejected_at_once() -> None:
+    """68 bytes claiming 1 x 100,000,000 grey pixels: accepted after 2 s and 783 MB
+    before. The side limit refuses it first; without it, the data's length does."""
+    data = bytes.fromhex(
+        "89504e470d0a1a0a0000000d494844520000000105f5e1000800000000a9e9ba320000000b49444154"
+        "789c636080000000080001b75873950000000049454e44ae426082"
+    )
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=r"side of 100000000 pixels \(1x100000000\)"):
+        validate_image(io.BytesIO(data))
+    with pytest.raises(ImageError, match=r"rows are missing .* after 8 of 200000000 bytes"):
+        validate_image(io.BytesIO(data), ImagePolicy(max_side=100_000_000))
+    assert time.perf_counter() - start < 0.2
+
+
+def test_png_with_an_unknown_row_filter_is_rejected_as_a_decode_does() -> None:
+    data = handmade_png(16, 8, row_filter=5)
+    assert not decodes(data)
+    with pytest.raises(ImageError, match="unknown PNG row filter"):
+        validate_image(io.BytesIO(data))
+    with pytest.raises(ImageError, match="unknown PNG row filter"):  # in the 7th pass
+        validate_image(io.BytesIO(handmade_png(16, 8, interlace=True, row_filter=5)))
+
+
+def test_png_with_more_data_than_rows_passes_as_it_does_a_decode() -> None:
+    data = handmade_png(16, 8, rows=12)
+    assert decodes(data)
+    assert validate_image(io.BytesIO(data)).height == 8
+
+
+def test_png_cut_after_its_pixels_is_rejected() -> None:
+    text = (b"tEXt", b"Comment\x00" + b"x" * 100)
+    whole = handmade_png(16, 8, after_pixels=[text])
+    assert validate_image(io.BytesIO(whole + b"trailer after IEND")).width == 16
+    without_iend = whole[:-12]
+    cut_in_text = whole[: whole.index(b"tEXt") + 50]
+    for data in (without_iend, cut_in_text):
+        with pytest.raises(ImageError, match="truncated"):
+            validate_image(io.BytesIO(data))
+
+
+def test_png_whose_image_data_is_interrupted_is_rejected() -> None:
+    """IDAT chunks must follow each other: Pillow stops at the first other chunk."""
+    chunks = png_chunks(handmade_png(16, 8))
+    idat = chunks[1][1]
+    split = [chunks[0], (b"IDAT", idat[:40]), (b"tEXt", b"a\x00b"), (b"IDAT", idat[40:])]
+    data = png_from([*split, chunks[-1]])
+    assert not decodes(data)
+    with pytest.raises(ImageError, match=r"rows are missing \(its data ends"):
+        validate_image(io.BytesIO(data))
+
+
+def test_big_png_is_checked_without_decoding_it(tmp_path: Path) -> None:
+    """A 6000x6000 RGB PNG needs 144 MB to decode; inflating its data proves it sound."""
+    import subprocess
+    import sys
+
+    row = bytes(1 + 6000 * 3)
+    compressor = zlib.compressobj(1)
+    idat = b"".join(compressor.compress(row * 500) for _ in range(12)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", 6000, 6000, 8, 2, 0, 0, 0)
+    path = tmp_path / "big.png"
+    path.write_bytes(png_from([(b"IHDR", header), (b"IDAT", idat), (b"IEND", b"")]))
+    script = (
+        "import sys; from imgshare.images import validate_image; "
+        "info = validate_image(sys.argv[1]); "
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+        "print(info.width, info.height, int(hwm.split()[1]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[:2] == ["6000", "6000"]
+    assert int(out[2]) < 100 * 1024, f"peak RSS {out[2]} KiB: the pixels were decoded"
+
+
+def test_animated_png_frame_with_rows_missing_is_rejected() -> None:
+    frames = [photo(16, 12), photo(16, 12).rotate(180)]
+    data = encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    assert validate_image(io.BytesIO(data)).frames == 2
+    chunks = png_chunks(data)
+    at = next(i for i, (kind, _) in enumerate(chunks) if kind == b"fdAT")
+    fctl = next(body for kind, body in chunks[:at][::-1] if kind == b"fcTL")
+    width = int.from_bytes(fctl[4:8], "big")
+    rows = zlib.compress((b"\x00" + bytes(width * 3)) * 3)  # 3 rows, a complete stream
+    chunks[at] = (b"fdAT", chunks[at][1][:4] + rows)
+    with pytest.raises(ImageError, match="rows are missing"):
+        validate_image(io.BytesIO(png_from(chunks)))
+
+
+def grey_tiff(width: int, height: int, strips: list[bytes], rows_per_strip: int) -> bytes:
+    """An uncompressed 8-bit grey TIFF, built by hand with the strips given."""
+    entries = [(256, width), (257, height), (258, 8), (259, 1), (262, 1), (273, None)]
+    entries += [(277, 1), (278, rows_per_strip), (279, None)]
+    count = len(strips)
+    arrays = 8 + 2 + 12 * len(entries) + 4  # strip offsets, then strip byte counts
+    pixels = arrays + 8 * count
+    offsets = [pixels + sum(map(len, strips[:i])) for i in range(count)]
+    ifd = struct.pack("<H", len(entries))
+    for tag, value in entries:
+        if tag in (273, 279):
+            single = offsets[0] if tag == 273 else len(strips[0])
+            where = arrays if tag == 273 else arrays + 4 * count
+            ifd += struct.pack("<HHII", tag, 4, count, single if count == 1 else where)
+        else:
+            ifd += struct.pack("<HHIHH", tag, 3, 1, value, 0)
+    ifd += struct.pack("<I", 0)
+    tables = struct.pack(f"<{count}I", *offsets) + struct.pack(f"<{count}I", *map(len, strips))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + tables + b"".join(strips)
+
+
+def test_tiff_with_strips_missing_is_rejected_though_it_decodes() -> None:
+    """Pillow decodes the strips a TIFF lists and leaves the rows of missing ones blank."""
+    strips = [bytes([row]) * 16 * 4 for row in range(0, 16, 4)]  # 4 strips of 4 rows
+    assert validate_image(io.BytesIO(grey_tiff(16, 16, strips, 4))).height == 16
+    half = grey_tiff(16, 16, strips[:2], 4)
+    assert decodes(half)
+    with pytest.raises(ImageError, match=r"pixel data for 128 of 256 pixels"):
+        validate_image(io.BytesIO(half))
+
+
+def test_planar_tiff_missing_a_sample_plane_is_rejected() -> None:
+    """RGB stored as three planes; with only the red one, Pillow decodes green and blue
+    as zeros."""
+
+    def planar(planes: list[bytes]) -> bytes:
+        count = len(planes)
+        entries = [(256, 3, 1, 4), (257, 3, 1, 3), (258, 3, 3, 0), (259, 3, 1, 1)]
+        entries += [(262, 3, 1, 2), (273, 4, count, 0), (277, 3, 1, 3), (278, 3, 1, 3)]
+        entries += [(279, 4, count, 0), (284, 3, 1, 2)]
+        tables = 8 + 2 + 12 * len(entries) + 4  # bits per sample, offsets, byte counts
+        pixels = tables + 6 + 8 * count
+        offsets = [pixels + 12 * i for i in range(count)]
+        values = {258: tables, 273: tables + 6 if count > 1 else offsets[0]}
+        values[279] = tables + 6 + 4 * count if count > 1 else 12
+        ifd = struct.pack("<H", len(entries))
+        for tag, kind, number, value in entries:
+            value = values.get(tag, value)
+            packed = (
+                struct.pack("<HH", value, 0)
+                if kind == 3 and number == 1
+                else struct.pack("<I", value)
+            )
+            ifd += struct.pack("<HHI", tag, kind, number) + packed
+        ifd += struct.pack("<I", 0) + struct.pack("<3H", 8, 8, 8)
+        ifd += struct.pack(f"<{count}I", *offsets) + struct.pack(f"<{count}I", *[12] * count)
+        return b"II*\x00" + struct.pack("<I", 8) + ifd + b"".join(planes)
+
+    planes = [bytes([value]) * 12 for value in (10, 20, 30)]
+    with Image.open(io.BytesIO(planar(planes))) as image:
+        assert image.getpixel((0, 0)) == (10, 20, 30)
+    assert validate_image(io.BytesIO(planar(planes))).width == 4
+    assert decodes(planar(planes[:1]))
+    with pytest.raises(ImageError, match="samples without pixel data"):
+        validate_image(io.BytesIO(planar(planes[:1])))
+
+
+def test_jpeg_scan_too_short_for_its_blocks_is_rejected_though_it_decodes() -> None:
+    """libjpeg fills a scan that ends early with grey; 100 bytes cannot code the 7,200
+    blocks of a 640x480 4:2:0 picture (2 bits a block at least)."""
+    data = encode(photo(640, 480), "JPEG")
+    start, _ = scan_bounds(data)
+    short = data[: start + 100] + b"\xff\xd9"
+    assert decodes(short)
+    with pytest.raises(ImageError, match="scan has 100 bytes, its blocks need at least 1800"):
+        validate_image(io.BytesIO(short))
+
+
+def test_jpeg_cut_and_closed_passes_as_it_does_a_decode() -> None:
+    # What the check cannot see (a known limit): a scan cut short, closed with an end
+    # marker and still long enough for its blocks, as libjpeg conceals it.
+    data = encode(photo(160, 120), "JPEG")
+    start, end = scan_bounds(data)
+    closed = data[: (start + end) // 2] + b"\xff\xd9"
+    assert decodes(closed)
+    assert validate_image(io.BytesIO(closed)).format == "JPEG"
+
+
+# --- the longest side -----------------------------------------------------------------
+
+
+def test_side_limit_refuses_degenerate_shapes_before_decoding() -> None:
+    """Pillow keeps about 8 bytes a row besides the pixels: a 1 x 100,000,000 picture
+    took 858 MB. 65,535 is JPEG's and GIF's own limit."""
+    assert validate_image(io.BytesIO(zero_png(65_535, 1))).width == 65_535
+    assert validate_image(io.BytesIO(zero_png(1, 65_535))).height == 65_535
+    for width, height in ((65_536, 1), (1, 65_536)):
+        with pytest.raises(ImageError, match=r"side of 65536 pixels .* limit is 65535"):
+            validate_image(io.BytesIO(zero_png(width, height)))
+    data = encode(photo(101, 10), "GIF")
+    with pytest.raises(ImageError, match=r"side of 101 pixels \(101x10\), limit is 100"):
+        validate_image(io.BytesIO(data), ImagePolicy(max_side=100))
