@@ -47,6 +47,7 @@ class ServerSettings:
     trusted_networks: tuple[str, ...] = ()  # exempt from the per-address cap; none by default
     max_image_size: int = 256 * MIB
     max_pixels: int = 100_000_000
+    decode_memory: int = 1024 * MIB  # image checks that decode, together (one may exceed it)
     quota_bytes: int = 10 * 1024 * MIB
     max_uploads_per_user: int = 4  # uploads in flight at once
     upload_memory: int = 256 * MIB  # buffers of all uploads in flight
@@ -88,6 +89,7 @@ class ServerSettings:
             "max_connections_per_address",
             "max_image_size",
             "max_pixels",
+            "decode_memory",
             "max_uploads_per_user",
             "upload_memory",
             "min_transfer_bytes",

@@ -222,9 +222,10 @@ def test_300_stalled_uploads_are_cut_and_memory_stays_bounded(tmp_path: Path) ->
     admitted = counts.get("uploading", 0)
     assert admitted > 0
     assert counts.get("begin_TRY_LATER", 0) + admitted == 300
-    assert sum(v for k, v in counts.items() if k.startswith("cut_")) + counts.get(
-        "stall_ended", 0
-    ) == admitted
+    assert (
+        sum(v for k, v in counts.items() if k.startswith("cut_")) + counts.get("stall_ended", 0)
+        == admitted
+    )
     assert took < settings.transfer_window * 3 + 60
     assert peak < bound
     assert os.cpu_count()  # figures above are for this machine's cores

@@ -26,7 +26,7 @@ from imgshare.protocol import Limits
 from imgshare.protocol.keys import SigningKey, scheme_for
 from imgshare.server.logins import HashGate, LoginThrottle, ThrottlePolicy
 from imgshare.server.network import NetworkSettings, Server
-from imgshare.server.service import CONCURRENT_VALIDATIONS, Service
+from imgshare.server.service import Service
 from imgshare.server.uploads import MIB, MIN_UPLOAD_MEMORY, UploadSlots
 from imgshare.store import (
     FileBlobStore,
@@ -167,7 +167,10 @@ def _open_service(
             inbox=inbox,
             storage_key=_storage_key(settings),
             accounts=accounts,
-            image_policy=images.ImagePolicy(max_pixels=settings.max_pixels),
+            image_policy=images.ImagePolicy(
+                max_pixels=settings.max_pixels,
+                decode_memory=images.DecodeMemory(settings.decode_memory),
+            ),
             uploads=UploadSlots(
                 catalog,
                 quota_bytes=settings.quota_bytes,
@@ -203,23 +206,22 @@ def open_files_needed(settings: ServerSettings) -> int:
     return settings.max_connections + 3 * uploads + 64
 
 
-#: Resident memory of a server at rest (Python, OpenSSL, Pillow, SQLite), rounded up.
+#: Resident memory of a server at rest (Python, OpenSSL, Pillow, SQLite), rounded up
+#: (measured: 45 MiB).
 BASE_MEMORY = 128 * MIB
 #: Resident memory one open connection may hold: its thread's stack pages, its TLS
-#: buffers and its small read buffer (measured: docs/security.md).
+#: buffers and its small read buffer (measured: 73 KiB for an idle logged-in one).
 CONNECTION_MEMORY = 256 * 1024
-#: Bytes a decode may hold per pixel (RGBA) while an image is checked.
-DECODE_BYTES_PER_PIXEL = 4
 
 
 def memory_bound(settings: ServerSettings) -> int:
     """The most resident memory the server needs with these settings (docs/security.md).
 
     At rest, plus every connection ``max_connections`` allows, plus the buffers of
-    all uploads in flight (``upload_memory``), plus the image checks that may run at
-    once, each decoding at most ``max_pixels``.
+    all uploads in flight (``upload_memory``), plus the decodes of image checks
+    (``decode_memory``, or one decode of ``max_pixels`` if that is larger).
     """
-    decodes = CONCURRENT_VALIDATIONS * settings.max_pixels * DECODE_BYTES_PER_PIXEL
+    decodes = max(settings.decode_memory, images.largest_decode(settings.max_pixels))
     connections = settings.max_connections * CONNECTION_MEMORY
     return BASE_MEMORY + connections + settings.upload_memory + decodes
 
