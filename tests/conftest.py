@@ -1,8 +1,12 @@
 """Shared test fixtures."""
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from imgshare import pki
+from imgshare.store.catalog import SQLiteCatalog
 
 # --- certificates from our own generator (foundation issue: imgshare.pki) -------------
 
@@ -20,3 +24,18 @@ def pki_paths(tmp_path_factory: pytest.TempPathFactory) -> pki.CertificatePaths:
 
 
 # --- end of certificate fixtures ------------------------------------------------------
+
+
+# --- a catalog of its own for each test ----------------------------------------------
+
+
+@pytest.fixture
+def catalog_path(tmp_path: Path) -> Path:
+    return tmp_path / "catalog.sqlite"
+
+
+@pytest.fixture
+def catalog(catalog_path: Path) -> Iterator[SQLiteCatalog]:
+    """A fresh SQLite catalog in ``tmp_path``, closed at teardown."""
+    with SQLiteCatalog(catalog_path) as opened:
+        yield opened

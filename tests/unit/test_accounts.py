@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -43,12 +41,6 @@ class CountingHasher(PasswordHasher):
         finally:
             with self._lock:
                 self.running -= 1
-
-
-@pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[SQLiteCatalog]:
-    with SQLiteCatalog(tmp_path / "catalog.sqlite") as opened:
-        yield opened
 
 
 @pytest.fixture

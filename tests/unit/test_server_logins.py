@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -435,17 +435,6 @@ POLICY = ThrottlePolicy(
     forget_after=600.0,
     known_for=3000.0,
 )
-
-
-@pytest.fixture
-def catalog_path(tmp_path: Path) -> Path:
-    return tmp_path / "catalog.sqlite"
-
-
-@pytest.fixture
-def catalog(catalog_path: Path) -> Iterator[SQLiteCatalog]:
-    with SQLiteCatalog(catalog_path) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -6,54 +6,28 @@ quota.
 
 from __future__ import annotations
 
-import secrets
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from imgshare.errors import QuotaError, TryLaterError
 from imgshare.server.uploads import MIB, MIN_UPLOAD_MEMORY, Reservation, UploadSlots
-from imgshare.store.catalog import ImageRecord, SQLiteCatalog, User
+from imgshare.store.catalog import SQLiteCatalog, User
+from store_helpers import make_record
 
 STORED = 600  # bytes alice already has in the catalog
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[SQLiteCatalog]:
-    with SQLiteCatalog(tmp_path / "catalog.sqlite") as opened:
-        yield opened
-
-
-@pytest.fixture
 def alice(catalog: SQLiteCatalog) -> User:
     user = catalog.add_user("alice", "$argon2id$fake")
-    catalog.add_image(make_record(user, STORED))
+    catalog.add_image(make_record(user, size=STORED))
     return user
 
 
 @pytest.fixture
 def bob(catalog: SQLiteCatalog) -> User:
     return catalog.add_user("bob", "$argon2id$fake")
-
-
-def make_record(owner: User, size: int) -> ImageRecord:
-    image_id = secrets.token_hex(16)
-    return ImageRecord(
-        id=image_id,
-        owner_id=owner.id,
-        name="photo.jpg",
-        size=size,
-        hmac=secrets.token_bytes(32),
-        format="JPEG",
-        width=64,
-        height=48,
-        header=b"header",
-        wrapped_key=secrets.token_bytes(61),
-        inbox_name=None,
-        created_at=1_700_000_000_000,
-    )
 
 
 def slots(
@@ -166,7 +140,7 @@ def test_a_stored_upload_counts_once_it_is_in_the_catalog(
 ) -> None:
     uploads = slots(catalog, quota=1000)
     reservation = uploads.reserve(alice.id, 400, 0)
-    catalog.add_image(make_record(alice, 400))  # the upload is stored...
+    catalog.add_image(make_record(alice, size=400))  # the upload is stored...
     uploads.release(reservation)  # ...and lets go of its share
     assert catalog.used_bytes(alice.id) == 1000
     with pytest.raises(QuotaError):

@@ -8,7 +8,6 @@ import secrets
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,35 +16,11 @@ from imgshare.errors import ConfigError, StorageError
 from imgshare.store.catalog import (
     SCHEMA_VERSION,
     DeletedImage,
-    ImageRecord,
     SQLiteCatalog,
     User,
     UserExistsError,
 )
-
-
-@pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[SQLiteCatalog]:
-    with SQLiteCatalog(tmp_path / "catalog.sqlite") as opened:
-        yield opened
-
-
-def make_record(owner: User, *, inbox: bool = True, size: int = 1234) -> ImageRecord:
-    image_id = secrets.token_hex(16)
-    return ImageRecord(
-        id=image_id,
-        owner_id=owner.id,
-        name="holiday photo.jpg",
-        size=size,
-        hmac=secrets.token_bytes(32),
-        format="JPEG",
-        width=640,
-        height=480,
-        header=b"IMGSHARE-HEADER" + secrets.token_bytes(40),
-        wrapped_key=secrets.token_bytes(61),
-        inbox_name=f"20240101T000000Z-{image_id}.jpg" if inbox else None,
-        created_at=1_700_000_000_000,
-    )
+from store_helpers import make_record
 
 
 def test_new_catalog_settings(tmp_path: Path) -> None:

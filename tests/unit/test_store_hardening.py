@@ -11,7 +11,6 @@ import secrets
 import shutil
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,37 +24,9 @@ from imgshare.store.catalog import (
     SQLiteCatalog,
     User,
 )
+from store_helpers import make_record
 
 HASH = "$argon2id$fake"
-
-
-def make_record(owner_id: int, *, size: int = 1234, inbox: bool = True) -> ImageRecord:
-    image_id = secrets.token_hex(16)
-    return ImageRecord(
-        id=image_id,
-        owner_id=owner_id,
-        name="holiday photo.jpg",
-        size=size,
-        hmac=secrets.token_bytes(32),
-        format="JPEG",
-        width=640,
-        height=480,
-        header=b"IMGSHARE-HEADER" + secrets.token_bytes(40),
-        wrapped_key=secrets.token_bytes(61),
-        inbox_name=f"20240101T000000Z-{image_id}.jpg" if inbox else None,
-        created_at=1_700_000_000_000,
-    )
-
-
-@pytest.fixture
-def catalog_path(tmp_path: Path) -> Path:
-    return tmp_path / "catalog.sqlite"
-
-
-@pytest.fixture
-def catalog(catalog_path: Path) -> Iterator[SQLiteCatalog]:
-    with SQLiteCatalog(catalog_path) as opened:
-        yield opened
 
 
 def user_version(path: Path) -> int:

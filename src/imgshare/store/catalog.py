@@ -368,9 +368,12 @@ class SQLiteCatalog:
 
     def get_user(self, user_id: int) -> User | None:
         """The user with id ``user_id``, or ``None`` (ids are never reused)."""
+        return self._user_where("id", user_id)
+
+    def _user_where(self, column: str, value: int | str) -> User | None:
         with self._read("get user") as db:
             row = db.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)
+                f"SELECT {_USER_COLUMNS} FROM users WHERE {column} = ?", (value,)
             ).fetchone()
         return None if row is None else _user(row)
 
@@ -388,11 +391,7 @@ class SQLiteCatalog:
 
     def get_user_by_name(self, name: str) -> User | None:
         """The user called ``name``, or ``None``."""
-        with self._read("get user") as db:
-            row = db.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)
-            ).fetchone()
-        return None if row is None else _user(row)
+        return self._user_where("name", name)
 
     def list_users(self) -> list[User]:
         """All users, by name."""
