@@ -246,8 +246,8 @@ def _add_users(data: Path, config: scenarios.Config) -> None:
     """Bench users with a cheap hash; ``login`` with the server's default argon2id."""
     from argon2 import PasswordHasher
 
-    from imgshare.accounts import Accounts
     from imgshare.server import open_catalog
+    from imgshare.server.accounts import Accounts
 
     names = ["big", "held"]
     names += [f"photo{i:02d}" for i in range(config.photo_users)]

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the image validator, ``imgshare.images.validate_image``.
+"""Coverage-guided fuzzing of the image validator, ``imgshare.server.images.validate_image``.
 
 Run with atheris (see fuzz/README.md); ``test_one_input`` also runs without it, and
 tests/unit/test_fuzz_harnesses.py feeds it the seed corpus on every test run.
@@ -34,7 +34,13 @@ import warnings
 from typing import BinaryIO, Literal
 
 from imgshare.errors import ImageError
-from imgshare.images import KNOWN_FORMATS, ImageInfo, ImagePolicy, sniff_extension, validate_image
+from imgshare.server.images import (
+    KNOWN_FORMATS,
+    ImageInfo,
+    ImagePolicy,
+    sniff_extension,
+    validate_image,
+)
 
 POLICY = ImagePolicy(max_pixels=1 << 20, max_frames=64, max_total_pixels=1 << 22)
 

@@ -27,6 +27,11 @@ or which check failed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imgshare.protocol.constants import ErrorCode
+
 
 class ImgshareError(Exception):
     """Root of every error imgshare raises on purpose."""
@@ -43,17 +48,23 @@ class CertificateError(ImgshareError):
 class ProtocolError(ImgshareError):
     """The imgshare protocol went wrong.
 
-    ``code`` is the wire error code (see ``imgshare.protocol.wire.ErrorCode``) that
+    ``code`` is the wire error code (``imgshare.protocol.constants.ErrorCode``) that
     describes the failure to the peer.
     """
 
-    def __init__(self, message: str, code: int = 1) -> None:
+    def __init__(self, message: str, code: ErrorCode) -> None:
         super().__init__(message)
         self.code = code
 
 
 class LocalProtocolError(ProtocolError):
-    """We tried to do something the protocol state machine forbids."""
+    """We tried to do something the protocol state machine forbids (a bug of ours:
+    its code is INTERNAL unless given)."""
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        from imgshare.protocol.constants import ErrorCode  # here: the package imports us
+
+        super().__init__(message, ErrorCode.INTERNAL if code is None else code)
 
 
 class RemoteProtocolError(ProtocolError):
@@ -74,7 +85,7 @@ class PeerError(ImgshareError):
     ``retry_after`` is the wait in seconds that a TRY_LATER answer asked for (else 0).
     """
 
-    def __init__(self, message: str, code: int, retry_after: float = 0.0) -> None:
+    def __init__(self, message: str, code: ErrorCode, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.code = code
         self.retry_after = retry_after

@@ -35,13 +35,13 @@ from argon2 import PasswordHasher
 from PIL import Image
 
 from imgshare import tls
-from imgshare.accounts import Accounts
 from imgshare.client.session import ClientSession, UploadResult
-from imgshare.config import ServerSettings
 from imgshare.protocol import StreamSealer, new_upload
 from imgshare.protocol import events as ev
 from imgshare.server import build_server
+from imgshare.server.accounts import Accounts
 from imgshare.server.app import DataPaths, open_catalog
+from imgshare.server.config import ServerSettings
 from imgshare.server.network import Server
 from imgshare.store import FileBlobStore, Inbox
 

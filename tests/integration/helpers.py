@@ -33,9 +33,7 @@ from argon2 import PasswordHasher
 from PIL import Image
 
 from imgshare import pki, tls
-from imgshare.accounts import Accounts
 from imgshare.client import ClientSession, ca_verifier
-from imgshare.config import ServerSettings
 from imgshare.errors import ProtocolError
 from imgshare.protocol import ClientConnection, StreamOpener, StreamSealer, UploadHeader
 from imgshare.protocol import events as ev
@@ -43,6 +41,8 @@ from imgshare.protocol.constants import TAG_SIZE
 from imgshare.protocol.keys import ServerVerifier
 from imgshare.protocol.stream import new_upload
 from imgshare.server import Server, build_server, open_catalog
+from imgshare.server.accounts import Accounts
+from imgshare.server.config import ServerSettings
 from imgshare.store import User, load_or_create_storage_key
 
 HOST = "127.0.0.1"

@@ -32,11 +32,11 @@ from helpers import (
 )
 
 from imgshare import pki, tls
-from imgshare.accounts import default_hasher
 from imgshare.client import ClientSession, ca_verifier
-from imgshare.config import ServerSettings
 from imgshare.server import open_catalog
+from imgshare.server.accounts import default_hasher
 from imgshare.server.app import memory_bound
+from imgshare.server.config import ServerSettings
 
 pytestmark = pytest.mark.stress
 log = logging.getLogger(__name__)

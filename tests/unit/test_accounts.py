@@ -10,8 +10,8 @@ from typing import Any, Literal
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
 
-from imgshare.accounts import Accounts, check_username, default_hasher
 from imgshare.errors import AuthError, ConfigError, TryLaterError
+from imgshare.server.accounts import Accounts, check_username, default_hasher
 from imgshare.server.logins import HashGate, LoginThrottle
 from imgshare.store.catalog import SQLiteCatalog, UserExistsError
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imgshare.config import DEFAULT_PORT, ENV_PREFIX, ServerSettings, load_settings
 from imgshare.errors import ConfigError
+from imgshare.server.config import DEFAULT_PORT, ENV_PREFIX, ServerSettings, load_settings
 
 
 def _toml(tmp_path: Path, text: str, name: str = "imgshare.toml") -> Path:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from imgshare.errors import ConfigError
-from imgshare.images import DECODE_BYTES_PER_PIXEL, DecodeMemory, ImagePolicy, validate_image
+from imgshare.server.images import DECODE_BYTES_PER_PIXEL, DecodeMemory, ImagePolicy, validate_image
 
 
 def _hold(

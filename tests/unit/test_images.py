@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from imgshare.errors import ConfigError, ImageError, StorageError
-from imgshare.images import (
+from imgshare.server.images import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
     ImagePolicy,
@@ -274,7 +274,7 @@ def test_big_uncompressed_tiff_is_checked_without_decoding_it(tmp_path: Path) ->
     path = tmp_path / "scan.tif"
     Image.new("RGB", (6000, 6000), "gray").save(path)
     script = (
-        "import sys; from imgshare.images import validate_image; "
+        "import sys; from imgshare.server.images import validate_image; "
         "info = validate_image(sys.argv[1]); "
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
         "print(info.width, info.height, int(hwm.split()[1]))"
@@ -543,7 +543,7 @@ def test_big_png_is_checked_without_decoding_it(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     path.write_bytes(png_from([(b"IHDR", header), (b"IDAT", idat), (b"IEND", b"")]))
     script = (
-        "import sys; from imgshare.images import validate_image; "
+        "import sys; from imgshare.server.images import validate_image; "
         "info = validate_image(sys.argv[1]); "
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
         "print(info.width, info.height, int(hwm.split()[1]))"

@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing of the image validator (``imgshare.images``).
+"""Hypothesis fuzzing of the image validator (``imgshare.server.images``).
 
 Fed any bytes (random ones, ones behind a real magic number, and small valid images of
 every accepted format, made by Pillow, then bit-flipped, cut, spliced, overwritten
@@ -49,7 +49,13 @@ from hypothesis import strategies as st
 from PIL import BmpImagePlugin, Image
 
 from imgshare.errors import ImageError
-from imgshare.images import KNOWN_FORMATS, ImageInfo, ImagePolicy, sniff_extension, validate_image
+from imgshare.server.images import (
+    KNOWN_FORMATS,
+    ImageInfo,
+    ImagePolicy,
+    sniff_extension,
+    validate_image,
+)
 
 FUZZ = settings(
     max_examples=1000,

@@ -201,7 +201,7 @@ def test_configure_sends_imgshare_logs_to_the_stream(
 def test_configure_level(level: str, shown: int, restore_imgshare_logger: logging.Logger) -> None:
     stream = io.StringIO()
     logs.configure("human", level, stream=stream)
-    log = logging.getLogger("imgshare.accounts")
+    log = logging.getLogger("imgshare.server.accounts")
     log.debug("d")
     log.info("i")
     log.warning("w")

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import pytest
 from argon2 import PasswordHasher
 
-from imgshare.accounts import Accounts
 from imgshare.errors import AuthError, TryLaterError
+from imgshare.server.accounts import Accounts
 from imgshare.server.logins import (
     _PRUNE_EVERY,
     HashGate,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from imgshare.accounts import USERNAME_RE
 from imgshare.errors import StorageError
+from imgshare.server.accounts import USERNAME_RE
 from imgshare.store.blobs import (
     _USERNAME_RE,
     AtomicFile,

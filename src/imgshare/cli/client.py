@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
-from imgshare.config import DEFAULT_PORT
 from imgshare.errors import ConfigError, ImgshareError, PeerError
+from imgshare.protocol.constants import DEFAULT_PORT
 from imgshare.safetext import escape, safe_filename
 
 F = TypeVar("F", bound=Callable[..., Any])

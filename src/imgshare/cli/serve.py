@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from imgshare import logs
-from imgshare.config import DEFAULT_PORT, load_settings
+from imgshare.protocol.constants import DEFAULT_PORT
+from imgshare.server.config import load_settings
 
 
 @click.command()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from imgshare.accounts import Accounts
 from imgshare.errors import ConfigError
+from imgshare.server.accounts import Accounts
 
 _DATA = click.option(
     "--data",

@@ -105,7 +105,7 @@ class DownloadResult:
 
 def _peer_error(event: ev.Error) -> PeerError:
     return PeerError(
-        f"server: {event.message or event.code.name}", int(event.code), event.retry_after_ms / 1000
+        f"server: {event.message or event.code.name}", event.code, event.retry_after_ms / 1000
     )
 
 

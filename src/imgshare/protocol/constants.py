@@ -12,6 +12,9 @@ from typing import Final
 #: First bytes of every ClientHello body; lets a server reject a stray client early.
 MAGIC: Final = b"IMGSHARE"
 
+#: The TCP port a server listens on unless told otherwise, and clients assume.
+DEFAULT_PORT: Final = 8443
+
 #: Protocol versions this implementation speaks, most preferred first.
 VERSION_1: Final = 0x0001
 SUPPORTED_VERSIONS: Final = (VERSION_1,)

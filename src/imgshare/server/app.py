@@ -17,13 +17,14 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import serialization
 
-from imgshare import images, pki, tls
-from imgshare.accounts import DEFAULT_MAX_CONCURRENT_HASHES, Accounts
-from imgshare.config import ServerSettings
+from imgshare import pki, tls
 from imgshare.errors import ConfigError, StorageError
 from imgshare.logs import fields
 from imgshare.protocol import Limits
 from imgshare.protocol.keys import SigningKey, scheme_for
+from imgshare.server import images
+from imgshare.server.accounts import DEFAULT_MAX_CONCURRENT_HASHES, Accounts
+from imgshare.server.config import ServerSettings
 from imgshare.server.logins import HashGate, LoginThrottle, ThrottlePolicy
 from imgshare.server.network import NetworkSettings, Server
 from imgshare.server.service import Service

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from imgshare import images
-from imgshare.accounts import Accounts
 from imgshare.errors import AuthError, ImageError, QuotaError, StorageError, TryLaterError
 from imgshare.logs import SummarizedLog, fields
 from imgshare.protocol import ServerConnection, StreamOpener
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import MAX_RETRY_AFTER_MS, TAG_SIZE, ErrorCode
 from imgshare.protocol.stream import UploadHeader
+from imgshare.server import images
+from imgshare.server.accounts import Accounts
 from imgshare.server.pipeline import Pipeline, memory_for
 from imgshare.server.uploads import Reservation, UploadSlots
 from imgshare.store import (

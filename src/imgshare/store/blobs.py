@@ -47,7 +47,7 @@ from imgshare.errors import StorageError
 log = logging.getLogger(__name__)
 
 OBJECT_ID_RE = re.compile(r"[0-9a-f]{32}")
-# Same rule as imgshare.accounts.USERNAME_RE (a test checks that they agree); checked
+# Same rule as imgshare.server.accounts.USERNAME_RE (a test checks that they agree); checked
 # again here because a user name becomes a folder name.
 _USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 INBOX_NAME_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{32}\.[a-z0-9]{1,5}")

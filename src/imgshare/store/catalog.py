@@ -1,6 +1,6 @@
 """The catalog: users and images, behind a small interface (SQLite now, PostgreSQL later).
 
-``Catalog`` is what the server and ``imgshare.accounts`` code against;
+``Catalog`` is what the server and ``imgshare.server.accounts`` code against;
 ``SQLiteCatalog`` is the embedded implementation (DESIGN decision 10).
 
 SQLite settings and why:

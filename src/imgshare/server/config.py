@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from imgshare.errors import ConfigError
+from imgshare.protocol.constants import DEFAULT_PORT
 
 ENV_PREFIX = "IMGSHARE_"
-DEFAULT_PORT = 8443
 MIB = 1024 * 1024
 
 
