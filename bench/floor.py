@@ -4,7 +4,7 @@
 cannot skip, one at a time, single-threaded, in CPU seconds (best of 3):
 
 - the client's file read (page cache -> buffer);
-- HMAC-SHA256 of the plaintext, done by both sides (DESIGN decision 4);
+- HMAC-SHA256 of the plaintext, done by both sides (docs/design.md, decision 4);
 - AES-GCM of the STREAM, done by both sides;
 - TLS 1.3 over loopback with Python's ``ssl``, sender and receiver together;
 - the server's two page-cache writes, sealed object and inbox copy (decision 5).

@@ -26,12 +26,24 @@ __all__ = [
     "configure",
     "escape",
     "fields",
+    "label_process",
 ]
+
+
+#: Fields every line of this process carries (``worker=1`` in a worker process).
+_PROCESS_FIELDS: dict[str, Any] = {}
+
+
+def label_process(**values: Any) -> None:
+    """Add ``values`` to every log line this process writes from now on: the server's
+    processes share one log stream, and each line says which one wrote it."""
+    _PROCESS_FIELDS.update(values)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
-    return dict(fields) if isinstance(fields, dict) else {}
+    found = dict(fields) if isinstance(fields, dict) else {}
+    return {**found, **_PROCESS_FIELDS} if _PROCESS_FIELDS else found
 
 
 def _timestamp(record: logging.LogRecord) -> str:

@@ -1,6 +1,7 @@
-"""The one TLS context factory (STYLE 9): every socket in imgshare uses these contexts.
+"""The one TLS context factory (docs/design.md, C9): every socket in imgshare uses these
+contexts.
 
-Policy (DESIGN decision 2, Mozilla "modern"):
+Policy (docs/design.md, decision 2; Mozilla "modern"):
 
 - TLS 1.3 only by default. ``min_version="1.2"`` also allows TLS 1.2, then only
   with ECDHE key exchange and AEAD ciphers (AES-GCM, ChaCha20-Poly1305).

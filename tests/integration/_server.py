@@ -40,10 +40,9 @@ from imgshare.protocol import StreamSealer, new_upload
 from imgshare.protocol import events as ev
 from imgshare.server import build_server
 from imgshare.server.accounts import Accounts
-from imgshare.server.app import DataPaths, open_catalog
 from imgshare.server.config import ServerSettings
 from imgshare.server.network import Server
-from imgshare.store import FileBlobStore, Inbox
+from imgshare.store import FileBlobStore, Inbox, inbox_path, open_catalog
 
 PASSWORD = "correct horse battery"
 HOST = "127.0.0.1"
@@ -244,20 +243,18 @@ class DataState:
 
 
 def data_state(data: Path) -> DataState:
-    paths = DataPaths(data)
-    temp = sorted(
-        p for folder in (paths.scratch, paths.inbox / ".tmp") for p in folder.glob("*.part")
-    )
+    inbox = inbox_path(data)
+    temp = sorted(p for folder in (data / "tmp", inbox / ".tmp") for p in folder.glob("*.part"))
     with open_catalog(data) as catalog:
         owners = {user.id: user.name for user in catalog.list_users()}
         rows = {r.id: r for owner in owners for r in catalog.list_images(owner)}
     objects = set(FileBlobStore(data).iter_ids())
-    inbox_files = set(Inbox(paths.inbox).iter_files())
+    inbox_files = set(Inbox(inbox).iter_files())
     return DataState(temp, rows, owners, objects, inbox_files)
 
 
 def inbox_bytes(data: Path, owner: str, inbox_name: str) -> bytes:
-    return Inbox(DataPaths(data).inbox).path_of(owner, inbox_name).read_bytes()
+    return Inbox(inbox_path(data)).path_of(owner, inbox_name).read_bytes()
 
 
 # -- an in-process server ----------------------------------------------------------
@@ -329,6 +326,7 @@ class ServerProcess:
             stdout=self._log_handle,
             stderr=self._log_handle,
             env=environment,
+            start_new_session=True,  # a process group of its own, for kill()
         )
         self.port = 0
 
@@ -357,8 +355,10 @@ class ServerProcess:
         return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+        """A crash: SIGKILL to the supervisor and its workers at the same instant (its
+        process group), so that nobody gets to clean up."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
     def __enter__(self) -> ServerProcess:

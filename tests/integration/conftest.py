@@ -1,6 +1,6 @@
 """Fixtures for the integration tests: the real server on 127.0.0.1:0, real clients.
 
-As in httpx's ``tests/conftest.py`` (STYLE 8), the server is the real thing: built by
+As in httpx's ``tests/conftest.py`` (docs/design.md, C8), the server is the real thing: built by
 ``imgshare.server.build_server`` from ``ServerSettings``, with certificates made by our
 own generator on first start, serving on a thread with ``serve_forever()``, and
 stopped with ``stop(grace)`` at teardown. Clients speak real TLS 1.3 to it.

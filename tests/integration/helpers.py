@@ -200,7 +200,7 @@ def server_hmacs(records: Iterable[logging.LogRecord]) -> list[str]:
     return [
         r.getMessage()[len(HMAC_LINE) :]
         for r in records
-        if r.name == "imgshare.server.service" and r.getMessage().startswith(HMAC_LINE)
+        if r.name == "imgshare.server.upload" and r.getMessage().startswith(HMAC_LINE)
     ]
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from helpers import (
     PASSWORD,
+    RawClient,
     ServeProcess,
     add_users,
     noise_image,
@@ -32,7 +33,7 @@ from helpers import (
 
 from imgshare import pki, tls
 from imgshare.client import ClientSession, ca_verifier
-from imgshare.errors import PeerError
+from imgshare.protocol import events as ev
 from imgshare.protocol.constants import ErrorCode
 
 INJECT_C = Path(__file__).resolve().parent.parent / "faults" / "inject.c"
@@ -71,14 +72,38 @@ def _port(serve: ServeProcess) -> int:
 
 
 STEPS = {
-    # step: (the files the fault hits, relative to DATA; the operation that fails)
-    "sealed object write": ("tmp/", "write"),
-    "sealed object fsync": ("tmp/", "fsync"),
-    "inbox copy write": ("inbox/.tmp/", "write"),
-    "inbox copy fsync": ("inbox/.tmp/", "fsync"),
-    "catalog write": ("catalog.sqlite3", "write"),
-    "catalog fsync": ("catalog.sqlite3", "fsync"),
+    # step: (the files the fault hits, relative to DATA; the operation that fails;
+    # whether the fault is armed before UPLOAD_BEGIN, else once UPLOAD_READY came)
+    "catalog write at the reservation": ("catalog.sqlite3", "write", True),
+    "sealed object write": ("tmp/", "write", False),
+    "sealed object fsync": ("tmp/", "fsync", False),
+    "inbox copy write": ("inbox/.tmp/", "write", False),
+    "inbox copy fsync": ("inbox/.tmp/", "fsync", False),
+    "catalog write at the row": ("catalog.sqlite3", "write", False),
+    "catalog fsync at the row": ("catalog.sqlite3", "fsync", False),
 }
+
+
+def _upload_under_fault(
+    data: Path, port: int, image: Path, armed: Path, *, before_begin: bool
+) -> ev.Event:
+    """Upload ``image`` with the fault armed from the moment ``before_begin`` says;
+    return the server's answer to the request the fault hit."""
+    ca = data / "certs" / "ca.pem"
+    context = tls.create_client_context(ca)
+    verifier = ca_verifier([pki.load_certificate(ca)], "127.0.0.1")
+    with RawClient.connect(("127.0.0.1", port), context, verifier) as raw:
+        raw.login("alice")
+        upload = raw.prepare_upload(image.read_bytes(), name=image.name)
+        if before_begin:
+            armed.touch()
+            return raw.begin_upload(upload)
+        assert isinstance(raw.begin_upload(upload), ev.UploadReady)
+        armed.touch()
+        for index in range(upload.header.chunk_count):
+            raw.send_chunk(upload, index)
+        raw.send(ev.UploadEnd(upload.hmac))
+        return raw.receive()
 
 
 @pytest.mark.parametrize("step", list(STEPS))
@@ -88,7 +113,7 @@ def test_a_fault_at_each_write_step_loses_nothing_and_leaves_nothing(
     data = tmp_path / "data"
     add_users(data, ["alice"])
     armed = tmp_path / "armed"
-    where, operation = STEPS[step]
+    where, operation, before_begin = STEPS[step]
     env = {
         "LD_PRELOAD": str(injector),
         "FAULT_ARMED": str(armed),
@@ -98,15 +123,15 @@ def test_a_fault_at_each_write_step_loses_nothing_and_leaves_nothing(
     images = [noise_image(tmp_path / f"{i}.png", "PNG", (300, 200), seed=i) for i in range(4)]
     originals = [path.read_bytes() for path in images]
     with _serve(data, tmp_path, env) as serve:
-        session = _session(data, _port(serve))
+        port = _port(serve)
+        session = _session(data, port)
         kept = [session.upload(images[0]).id, session.upload(images[1]).id]
         before = stored_files(data)
-        armed.touch()
-        with pytest.raises(PeerError) as refused:
-            session.upload(images[2])
+        answer = _upload_under_fault(data, port, images[2], armed, before_begin=before_begin)
         armed.unlink()
-        assert refused.value.code == ErrorCode.STORAGE_FAILED
-        assert "could not store" in str(refused.value)
+        assert isinstance(answer, ev.Error) and not answer.fatal, answer
+        assert answer.code == ErrorCode.STORAGE_FAILED
+        assert "cannot store" in answer.message or "could not store" in answer.message
         assert stored_files(data) == before  # nothing of the failed upload remains
         for image_id, original in zip(kept, originals[:2], strict=True):
             out = tmp_path / f"{image_id}.out"

@@ -255,7 +255,7 @@ def test_uploads_in_flight_are_capped_per_user_with_try_later(make_server: Facto
     held.pop().vanish()  # one ends: its place is free again
     alice = server.server.service.catalog.get_user_by_name("alice")
     assert alice is not None
-    wait_until(lambda: server.server.service.uploads.in_flight(alice.id) == 1, timeout=5)
+    wait_until(lambda: server.server.service.catalog.uploads_in_flight(alice.id) == 1, timeout=5)
     upload = third.prepare_upload(noise_bytes(32 * 1024))
     assert isinstance(third.begin_upload(upload), ev.UploadReady)
 

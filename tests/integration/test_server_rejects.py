@@ -223,7 +223,7 @@ def test_rejected_upload_logs_the_hmac_then_the_reason(
     assert any(
         r.getMessage().startswith("upload rejected: not an image")
         for r in caplog.records
-        if r.name == "imgshare.server.service"
+        if r.name == "imgshare.server.session"
     )
 
 

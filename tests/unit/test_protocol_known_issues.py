@@ -1,6 +1,6 @@
 """Regression tests for protocol bugs found while writing the protocol tests.
 
-Each test states the behaviour the spec and DESIGN.md call for; each failed before
+Each test states the behaviour the spec and docs/design.md call for; each failed before
 its fix.
 """
 

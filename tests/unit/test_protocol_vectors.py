@@ -59,7 +59,7 @@ def load_generator() -> ModuleType:
 
 
 def bad_cases() -> list[Any]:
-    """One parametrize entry per bad case (STYLE 7)."""
+    """One parametrize entry per bad case (docs/design.md, C7)."""
     data = load("bad_cases.json")
     return [
         pytest.param(data["sessions"][case["session"]], case, id=case["name"])

@@ -16,14 +16,9 @@ import pytest
 
 from imgshare.errors import StorageError
 from imgshare.server.accounts import USERNAME_RE
-from imgshare.store.blobs import (
-    _USERNAME_RE,
-    AtomicFile,
-    BlobNotFound,
-    FileBlobStore,
-    Inbox,
-    inbox_filename,
-)
+from imgshare.store.blobs import AtomicFile, BlobNotFound, FileBlobStore
+from imgshare.store.copies import INBOX_NAME_RE, Inbox, InboxCopy, inbox_filename
+from imgshare.store.copies import USERNAME_RE as INBOX_USERNAME_RE
 
 MiB = 1024 * 1024
 
@@ -215,12 +210,12 @@ def test_inbox_name_format() -> None:
 
 
 def test_inbox_username_rule_matches_accounts() -> None:
-    assert _USERNAME_RE.pattern == USERNAME_RE.pattern
+    assert INBOX_USERNAME_RE.pattern == USERNAME_RE.pattern
 
 
 def test_inbox_writes_atomically_per_user(inbox: Inbox) -> None:
     name = inbox_filename(new_id(), "png")
-    writer = inbox.create("alice", name)
+    writer = inbox.create_file("alice", name)
     writer.write(b"\x89PNG...")
     assert not inbox.path_of("alice", name).exists()
     writer.commit()
@@ -234,7 +229,45 @@ def test_inbox_writes_atomically_per_user(inbox: Inbox) -> None:
 @pytest.mark.parametrize("username", ["..", ".tmp", "Alice", "a/b", "", "a" * 33, "-x"])
 def test_inbox_rejects_bad_user_names(inbox: Inbox, username: str) -> None:
     with pytest.raises(ValueError, match="user name"):
-        inbox.create(username, inbox_filename(new_id(), "png"))
+        inbox.create_file(username, inbox_filename(new_id(), "png"))
+    with pytest.raises(ValueError, match="user name"):
+        inbox.create(username, new_id(), "png")
+    assert files_under(inbox.root) == []  # not even a temp file
+
+
+def test_inbox_copy_is_named_by_the_server(inbox: Inbox) -> None:
+    image_id = new_id()
+    copy = inbox.create("alice", image_id, "png")
+    assert isinstance(copy, InboxCopy)
+    assert copy.name is not None
+    assert INBOX_NAME_RE.fullmatch(copy.name)
+    assert copy.name.endswith(f"-{image_id}.png")
+    copy.write(b"\x89PNG")
+    copy.write(memoryview(b" more"))
+    with copy.reopen() as written:  # readable before the commit, for the image check
+        assert written.read() == b"\x89PNG more"
+    assert list(inbox.iter_files()) == []
+    copy.commit()
+    assert inbox.path_of("alice", copy.name).read_bytes() == b"\x89PNG more"
+    assert list(inbox.iter_files()) == [("alice", copy.name)]
+    assert files_under(inbox.tmp_dir) == []
+
+
+def test_an_aborted_inbox_copy_leaves_nothing(inbox: Inbox) -> None:
+    copy = inbox.create("alice", new_id(), "jpg")
+    copy.write(b"half")
+    copy.abort()
+    copy.abort()
+    assert files_under(inbox.root) == []
+
+
+@pytest.mark.parametrize(("image_id", "extension"), [("../x", "png"), (new_id(), "p/ng")])
+def test_inbox_copy_refuses_bad_ids_and_extensions(
+    inbox: Inbox, image_id: str, extension: str
+) -> None:
+    with pytest.raises(ValueError):
+        inbox.create("alice", image_id, extension)
+    assert files_under(inbox.root) == []
 
 
 @pytest.mark.parametrize("filename", ["../../x.png", "photo.jpg", "", "a" * 60])
@@ -283,7 +316,7 @@ def test_full_disk_leaves_no_partial_file(small_fs: Path) -> None:
     inbox = Inbox(small_fs / "inbox")
     object_id = new_id()
     name = inbox_filename(object_id, "jpg")
-    for writer in (store.create(object_id), inbox.create("alice", name)):
+    for writer in (store.create(object_id), inbox.create_file("alice", name)):
         with pytest.raises(StorageError, match="disk full") as info, writer:
             for _ in range(4):
                 writer.write(b"\0" * 512 * 1024)

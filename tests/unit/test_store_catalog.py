@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from imgshare.errors import ConfigError, StorageError
+from imgshare.errors import ConfigError, QuotaError, StorageError, TryLaterError
 from imgshare.store.catalog import (
     SCHEMA_VERSION,
     DeletedImage,
     SQLiteCatalog,
     User,
     UserExistsError,
+    now_ms,
 )
 from store_helpers import make_record
 
@@ -222,3 +223,191 @@ def test_two_catalog_objects_on_one_file(tmp_path: Path) -> None:
         cli.add_user("alice", "h")
         assert server.get_user_by_name("alice") is not None
     assert not os.path.exists(str(path) + "-journal")
+
+
+# --- uploads in flight: reservations against the quota and the places per user ----------
+
+STORED = 600  # bytes alice already has in the catalog
+LATER = 10**15  # a lease that does not lapse during a test (unix ms)
+
+
+@pytest.fixture
+def alice(catalog: SQLiteCatalog) -> User:
+    user = catalog.add_user("alice", "$argon2id$fake")
+    catalog.add_image(make_record(user, size=STORED))
+    return user
+
+
+@pytest.fixture
+def bob(catalog: SQLiteCatalog) -> User:
+    return catalog.add_user("bob", "$argon2id$fake")
+
+
+def reserve(
+    catalog: SQLiteCatalog,
+    user: User,
+    size: int,
+    *,
+    quota: int = 0,
+    per_user: int = 10,
+    holder: str = "host:1",
+    expires: int = LATER,
+) -> int:
+    return catalog.reserve_upload(
+        user.id, size, quota=quota, per_user=per_user, holder=holder, expires=expires
+    )
+
+
+def test_per_user_places_say_try_later(catalog: SQLiteCatalog, alice: User) -> None:
+    held = [reserve(catalog, alice, 10, per_user=2) for _ in range(2)]
+    assert held[0] != held[1]
+    assert catalog.uploads_in_flight(alice.id) == 2
+    with pytest.raises(TryLaterError, match="2 uploads in flight") as refused:
+        reserve(catalog, alice, 10, per_user=2)
+    assert refused.value.retry_after > 0
+    assert catalog.uploads_in_flight(alice.id) == 2  # the refusal took nothing
+    catalog.release_reservation(held[0])
+    assert catalog.uploads_in_flight(alice.id) == 1
+    reserve(catalog, alice, 10, per_user=2)
+
+
+def test_two_users_do_not_share_places(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+    reserve(catalog, alice, 10, per_user=1)
+    with pytest.raises(TryLaterError):
+        reserve(catalog, alice, 10, per_user=1)
+    held = reserve(catalog, bob, 10, per_user=1)
+    catalog.release_reservation(held)
+    assert catalog.uploads_in_flight(bob.id) == 0
+    assert catalog.uploads_in_flight(alice.id) == 1
+    with pytest.raises(TryLaterError):  # bob's release gave alice nothing
+        reserve(catalog, alice, 10, per_user=1)
+
+
+def test_quota_counts_stored_and_in_flight_bytes(catalog: SQLiteCatalog, alice: User) -> None:
+    assert catalog.used_bytes(alice.id) == STORED
+    first = reserve(catalog, alice, 300, quota=1000)  # 600 stored + 300 arriving
+    with pytest.raises(QuotaError, match="quota of 1000 bytes") as refused:
+        reserve(catalog, alice, 101, quota=1000)  # 1001
+    assert not isinstance(refused.value, TryLaterError)
+    assert catalog.uploads_in_flight(alice.id) == 1  # the refusal took nothing
+    second = reserve(catalog, alice, 100, quota=1000)  # exactly 1000
+    with pytest.raises(QuotaError):
+        reserve(catalog, alice, 1, quota=1000)
+    catalog.release_reservation(first)
+    reserve(catalog, alice, 300, quota=1000)
+    catalog.release_reservation(second)
+    assert catalog.uploads_in_flight(alice.id) == 1
+
+
+def test_quota_is_per_user(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+    reserve(catalog, alice, 400, quota=1000)  # alice is full: 600 + 400
+    reserve(catalog, bob, 1000, quota=1000)  # bob has nothing stored
+    with pytest.raises(QuotaError):
+        reserve(catalog, alice, 1, quota=1000)
+    with pytest.raises(QuotaError):
+        reserve(catalog, bob, 1, quota=1000)
+
+
+def test_zero_quota_means_no_quota(catalog: SQLiteCatalog, alice: User) -> None:
+    for _ in range(3):
+        reserve(catalog, alice, 10**15, quota=0)
+    assert catalog.uploads_in_flight(alice.id) == 3
+
+
+def test_the_row_takes_over_from_the_reservation_in_one_commit(
+    catalog: SQLiteCatalog, alice: User
+) -> None:
+    reservation = reserve(catalog, alice, 400, quota=1000)
+    catalog.add_image(make_record(alice, size=400), reservation=reservation)
+    assert catalog.uploads_in_flight(alice.id) == 0  # released with the row...
+    assert catalog.used_bytes(alice.id) == 1000  # ...which now counts instead
+    with pytest.raises(QuotaError):  # counted once, not twice and not zero times
+        reserve(catalog, alice, 1, quota=1000)
+    reserve(catalog, alice, 0, quota=1000)  # an empty reservation still fits
+
+
+def test_a_failed_row_keeps_its_reservation(catalog: SQLiteCatalog, alice: User) -> None:
+    reservation = reserve(catalog, alice, 10)
+    duplicate = catalog.list_images(alice.id)[0]
+    with pytest.raises(StorageError, match="UNIQUE"):
+        catalog.add_image(duplicate, reservation=reservation)
+    assert catalog.uploads_in_flight(alice.id) == 1  # rolled back together
+    catalog.release_reservation(reservation)
+    catalog.release_reservation(reservation)  # idempotent
+    assert catalog.uploads_in_flight(alice.id) == 0
+
+
+def test_a_lapsed_reservation_no_longer_counts(catalog: SQLiteCatalog, alice: User) -> None:
+    reserve(catalog, alice, 400, quota=1000, per_user=1, expires=now_ms() - 1)
+    assert catalog.uploads_in_flight(alice.id) == 0
+    # Neither its place nor its bytes are held any more.
+    reserve(catalog, alice, 400, quota=1000, per_user=1)
+    assert catalog.uploads_in_flight(alice.id) == 1
+
+
+def test_renew_and_drop_touch_only_their_holder(
+    catalog: SQLiteCatalog, alice: User, bob: User
+) -> None:
+    soon = now_ms() + 60_000
+    for user in (alice, alice, bob):
+        reserve(catalog, user, 10, holder="host:1", expires=soon)
+    reserve(catalog, bob, 10, holder="host:2", expires=soon)
+    assert catalog.renew_reservations("host:1", LATER) == 3
+    assert catalog.renew_reservations("nobody", LATER) == 0
+    assert catalog.drop_reservations("host:2") == 1  # a process that died
+    assert catalog.uploads_in_flight(bob.id) == 1
+    assert catalog.drop_reservations("host:2") == 0
+    assert catalog.drop_reservations("host:1") == 3
+    assert catalog.uploads_in_flight(alice.id) == catalog.uploads_in_flight(bob.id) == 0
+
+
+def test_renewing_brings_back_a_lapsed_reservation_not_yet_dropped(
+    catalog: SQLiteCatalog, alice: User
+) -> None:
+    reserve(catalog, alice, 10, expires=now_ms() - 1)
+    assert catalog.uploads_in_flight(alice.id) == 0
+    assert catalog.renew_reservations("host:1", LATER) == 1
+    assert catalog.uploads_in_flight(alice.id) == 1
+
+
+def test_removing_a_user_drops_their_reservations(catalog: SQLiteCatalog, bob: User) -> None:
+    reserve(catalog, bob, 10)
+    assert catalog.remove_user("bob") == []
+    assert catalog.drop_reservations("host:1") == 0  # nothing of bob's was left
+
+
+def test_reservations_hold_across_catalog_objects(tmp_path: Path) -> None:
+    """Two processes' catalogs on one file cannot overshoot a place limit together."""
+    path = tmp_path / "catalog.sqlite"
+    with SQLiteCatalog(path) as one, SQLiteCatalog(path) as two:
+        user = one.add_user("alice", "h")
+        one.reserve_upload(user.id, 10, quota=0, per_user=1, holder="a:1", expires=LATER)
+        with pytest.raises(TryLaterError):
+            two.reserve_upload(user.id, 10, quota=0, per_user=1, holder="b:2", expires=LATER)
+        assert two.uploads_in_flight(user.id) == 1
+
+
+def test_many_threads_never_overshoot_the_places(catalog: SQLiteCatalog, alice: User) -> None:
+    barrier = threading.Barrier(8)
+    held: list[int] = []
+    refused: list[TryLaterError] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            reservation = reserve(catalog, alice, 10, per_user=3)
+        except TryLaterError as exc:
+            with lock:
+                refused.append(exc)
+            return
+        with lock:
+            held.append(reservation)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert (len(held), len(refused)) == (3, 5)
+    assert catalog.uploads_in_flight(alice.id) == 3

@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 
 from imgshare.errors import ConfigError, StorageError
-from imgshare.store.blobs import AtomicFile, FileBlobStore, Inbox, inbox_filename
+from imgshare.store.blobs import AtomicFile, FileBlobStore
 from imgshare.store.catalog import (
     _MIGRATIONS,
     SCHEMA_VERSION,
     ImageRecord,
     SQLiteCatalog,
     User,
+    now_ms,
 )
+from imgshare.store.copies import Inbox, inbox_filename
 from store_helpers import make_record
 
 HASH = "$argon2id$fake"
@@ -144,11 +146,11 @@ def test_version_1_catalog_migrates_keeping_everything(catalog_path: Path) -> No
         assert catalog.add_login_failure("account", "alice", 1000, 0) == 1
         catalog.note_login_success("192.0.2.1", 2000)
         assert catalog.last_login_success("192.0.2.1") == 2000
-    assert user_version(catalog_path) == SCHEMA_VERSION == 2
+    assert user_version(catalog_path) == SCHEMA_VERSION == 3
     with SQLiteCatalog(catalog_path) as reopened:  # opening again changes nothing
         assert len(reopened.list_users()) == 3
         assert reopened.get_image(record.id) == record
-    assert user_version(catalog_path) == 2
+    assert user_version(catalog_path) == 3
 
 
 def test_foreign_keys_still_hold_after_the_migration(catalog_path: Path) -> None:
@@ -184,6 +186,40 @@ def test_migrated_catalog_never_reuses_ids(catalog_path: Path) -> None:
     with SQLiteCatalog(catalog_path) as reopened:
         erin = reopened.add_user("erin", HASH)
         assert erin.id > dave.id
+
+
+# --- a version 2 catalog made before uploads were reserved in it -----------------------
+
+
+def make_version_2_without_reservations(path: Path) -> int:
+    """A catalog at schema version 2, before uploads in flight were reserved in it
+    (version 3). Returns the id of its one user."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        for statement in _MIGRATIONS[0]:
+            db.execute(statement)
+        for statement in _MIGRATIONS[1]:
+            db.execute(statement)
+        db.execute("INSERT INTO users (name, password_hash, created_at) VALUES ('alice', 'h', 1)")
+        db.execute("PRAGMA user_version = 2")
+        db.execute("COMMIT")
+        return int(db.execute("SELECT id FROM users").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_version_2_catalog_of_the_previous_release_can_reserve_uploads(
+    catalog_path: Path,
+) -> None:
+    alice = make_version_2_without_reservations(catalog_path)
+    with SQLiteCatalog(catalog_path) as catalog:
+        reservation = catalog.reserve_upload(
+            alice, 10, quota=0, per_user=1, holder="h", expires=now_ms() + 60_000
+        )
+        assert catalog.uploads_in_flight(alice) == 1
+        catalog.add_image(make_record(alice), reservation=reservation)
+        assert catalog.uploads_in_flight(alice) == 0
 
 
 # --- no symlink followed in the blob store ---------------------------------------------
@@ -326,7 +362,7 @@ def new_name() -> str:
 
 def test_a_linked_user_folder_is_refused(inbox: Inbox, outside: Path) -> None:
     (inbox.root / "alice").symlink_to(outside)
-    writer = inbox.create("alice", new_name())
+    writer = inbox.create_file("alice", new_name())
     writer.write(b"decrypted image")
     with pytest.raises(StorageError, match="symbolic link"):
         writer.commit()
@@ -358,7 +394,7 @@ def test_a_linked_inbox_temp_folder_is_refused(inbox: Inbox, outside: Path) -> N
     shutil.rmtree(inbox.tmp_dir)
     inbox.tmp_dir.symlink_to(outside)
     with pytest.raises(StorageError, match="symbolic link"):
-        inbox.create("alice", new_name())
+        inbox.create_file("alice", new_name())
     with pytest.raises(StorageError, match="symbolic link"):
         inbox.sweep_temp()
     with pytest.raises(StorageError, match="symbolic link"):
@@ -378,7 +414,7 @@ def commit(writer: AtomicFile, data: bytes) -> None:
 
 def test_remove_empty_folder(inbox: Inbox) -> None:
     name = new_name()
-    commit(inbox.create("alice", name), b"image")
+    commit(inbox.create_file("alice", name), b"image")
     assert inbox.remove_empty_folder("alice") is False  # holds a file: kept
     assert (inbox.root / "alice" / name).read_bytes() == b"image"
     assert inbox.delete("alice", name) is True
@@ -404,9 +440,9 @@ def test_remove_empty_folder_leaves_a_plain_file_alone(inbox: Inbox) -> None:
 
 def test_an_inbox_folder_removed_before_commit_is_made_again(inbox: Inbox) -> None:
     first = new_name()
-    commit(inbox.create("alice", first), b"first")
+    commit(inbox.create_file("alice", first), b"first")
     inbox.delete("alice", first)
-    writer = inbox.create("alice", new_name())
+    writer = inbox.create_file("alice", new_name())
     writer.write(b"second image")
     assert inbox.remove_empty_folder("alice") is True  # a purge got there first
     assert not (inbox.root / "alice").exists()

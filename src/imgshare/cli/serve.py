@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
@@ -50,6 +47,11 @@ from imgshare.server.config import load_settings
 )
 @click.option("--max-image-size", type=int, help="Largest image in bytes. [default: 268435456]")
 @click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Worker processes (0: one per CPU). [default: 0]",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["human", "json"]),
     help="Log lines for people or machines. [default: human]",
@@ -63,24 +65,15 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     Settings come from flags, then IMGSHARE_* environment variables (IMGSHARE_PORT,
     IMGSHARE_DATA, ...), then the --config file, then defaults. On an empty data folder
     the first start creates a CA and server certificate, the storage key and the
-    catalog. Stop with Ctrl-C or SIGTERM: uploads in flight get a grace period to
-    finish, the rest roll back.
+    catalog. The server runs one worker process per CPU (--workers) under a supervisor
+    that owns the data folder. Stop with Ctrl-C or SIGTERM: uploads in flight get a
+    grace period to finish, the rest roll back. SIGHUP reloads the certificate and key
+    for new connections.
     """
-    from imgshare.server import build_server
+    from imgshare.server.supervisor import Supervisor
 
     settings = load_settings(config_file, overrides=flags)
     logs.configure(settings.log_format, settings.log_level)
-    # Handlers first: a supervisor may signal as soon as it sees "listening on".
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    server = build_server(settings, stop=stop)
-    try:
-        server.serve_forever()
-    finally:
-        server.stop(settings.shutdown_grace)
-        server.service.close()
+    status = Supervisor(settings).run()
+    if status:
+        raise SystemExit(status)

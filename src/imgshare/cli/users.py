@@ -78,18 +78,10 @@ def remove(name: str, data: Path, purge: bool) -> None:
     A running server ends the user's open sessions and uploads within a second; the
     user's id is never given to anyone else.
     """
-    from imgshare.server import open_catalog
-    from imgshare.server.app import DataPaths
-    from imgshare.store import FileBlobStore, Inbox
+    from imgshare.store import StoreConfig, open_store
 
-    paths = DataPaths(data)
-    with open_catalog(data) as catalog:
-        deleted = catalog.remove_user(name, purge=purge)
-    blobs, inbox = FileBlobStore(paths.root), Inbox(paths.inbox)
-    for image in deleted:
-        inbox_name = image.inbox_name
-        if inbox_name:  # the plaintext first
-            inbox.delete(image.owner_name, inbox_name)
-        blobs.delete(image.image_id)
-    inbox.remove_empty_folder(name)
+    # No storage key needed: removing only deletes. The inbox is opened even when
+    # the server keeps no copies, so that old copies go too.
+    with open_store(StoreConfig(data=data, storage_key=None, inbox=True)) as store:
+        deleted = store.remove_user(name, purge=purge)
     click.echo(f"user {name} removed" + (f" with {len(deleted)} image(s)" if deleted else ""))

@@ -1,7 +1,7 @@
 """Sans-IO connections: bytes in, events out; events in, bytes out.
 
 ``ClientConnection`` and ``ServerConnection`` hold the handshake, the session keys,
-the state machine and the limits, and do no I/O (STYLE 1): the application feeds
+the state machine and the limits, and do no I/O (docs/design.md, C1): the application feeds
 ``receive_data(bytes)`` (``b""`` for end of stream), pulls ``next_event()`` until it
 returns ``NEED_DATA``, sends what ``send(event)`` returns, and after every call also
 sends ``data_to_send()`` (handshake replies, error reports).

@@ -1,6 +1,6 @@
 """Encode and parse message bodies: the handshake hellos and the sealed messages.
 
-Pure functions over bytes, in ``encode_*`` / ``parse_*`` pairs (STYLE 3). Parsing
+Pure functions over bytes, in ``encode_*`` / ``parse_*`` pairs (docs/design.md, C3). Parsing
 raises only ``RemoteProtocolError``: MALFORMED for bad bytes, TOO_LARGE for fields
 over a limit, UNEXPECTED_MESSAGE for an unknown message type.
 """

@@ -11,16 +11,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from imgshare.server.app import build_server, build_service, open_catalog
+    from imgshare.server.app import build_server
     from imgshare.server.network import Server
+    from imgshare.store import open_catalog
 
-__all__ = ["Server", "build_server", "build_service", "open_catalog"]
+__all__ = ["Server", "build_server", "open_catalog"]
 
 _HOMES = {
     "Server": "imgshare.server.network",
     "build_server": "imgshare.server.app",
-    "build_service": "imgshare.server.app",
-    "open_catalog": "imgshare.server.app",
+    "open_catalog": "imgshare.store",
 }
 
 

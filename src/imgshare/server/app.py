@@ -1,4 +1,10 @@
-"""Assemble a server from its settings: data folder, certificates, keys, catalog, sweep.
+"""Assemble a server from its settings: data folder, certificates, keys, store, sweep.
+
+Two ways to run. ``build_server`` makes a whole server in this process (the tests do).
+``imgshare serve`` runs ``imgshare.server.supervisor``, which prepares the data
+folder once (``prepare``: lock, certificates, catalog, sweep), opens the listening
+socket and starts worker processes that each call ``build_worker`` with their share
+of the limits (``Shares``).
 
 First start on an empty data folder creates the certificates (``imgshare.pki``), the
 storage key (mode 0600) and the catalog, and logs where they are.
@@ -12,31 +18,31 @@ import resource
 import socket
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import serialization
 
 from imgshare import pki, tls
-from imgshare.errors import ConfigError, StorageError
+from imgshare.errors import ConfigError
 from imgshare.logs import fields
 from imgshare.protocol import Limits
-from imgshare.protocol.keys import SigningKey, scheme_for
+from imgshare.protocol.keys import scheme_for
 from imgshare.server import images
 from imgshare.server.accounts import DEFAULT_MAX_CONCURRENT_HASHES, Accounts
 from imgshare.server.config import ServerSettings
 from imgshare.server.logins import HashGate, LoginThrottle, ThrottlePolicy
-from imgshare.server.network import NetworkSettings, Server
+from imgshare.server.network import Identity, NetworkSettings, Server
 from imgshare.server.service import Service
-from imgshare.server.uploads import MIB, MIN_UPLOAD_MEMORY, UploadSlots
+from imgshare.server.uploads import MIB, MIN_UPLOAD_MEMORY, MemoryBudget
 from imgshare.store import (
-    FileBlobStore,
-    Inbox,
-    SQLiteCatalog,
+    DataFolderStore,
     StorageKey,
+    StoreConfig,
+    inbox_path,
     load_or_create_storage_key,
+    make_data_folder,
+    open_store,
     storage_key_from_env,
-    sweep,
 )
 from imgshare.store.lock import DataFolderLock, check_writable
 
@@ -46,63 +52,52 @@ STORAGE_KEY_ENV = "IMGSHARE_STORAGE_KEY"
 
 
 @dataclass(frozen=True)
-class DataPaths:
-    root: Path
+class Shares:
+    """What one of ``workers`` processes gets of the server-wide limits: each counts
+    its own connections and holds its own upload memory and password checks."""
 
-    @property
-    def catalog(self) -> Path:
-        return self.root / "catalog.sqlite3"
+    connections: int
+    per_address: int
+    unauthenticated: int
+    upload_memory: int
+    hash_slots: int
 
-    @property
-    def inbox(self) -> Path:
-        return self.root / "inbox"
+    @classmethod
+    def of(cls, settings: ServerSettings, workers: int = 1) -> Shares:
+        def part(total: int) -> int:
+            return max(1, total // workers)
 
-    @property
-    def scratch(self) -> Path:
-        return self.root / "tmp"
-
-
-def open_catalog(data: Path) -> SQLiteCatalog:
-    """The catalog of a data folder (created if missing); used by `imgshare user` too."""
-    _make_data_dir(data)
-    return SQLiteCatalog(DataPaths(data).catalog)
-
-
-def _make_data_dir(data: Path) -> None:
-    try:
-        data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create data folder {data}: {exc.strerror}") from exc
+        return cls(
+            connections=part(settings.max_connections),
+            per_address=part(settings.max_connections_per_address),
+            unauthenticated=part(settings.unauthenticated_cap),
+            upload_memory=max(MIN_UPLOAD_MEMORY, settings.upload_memory // workers),
+            hash_slots=part(DEFAULT_MAX_CONCURRENT_HASHES),
+        )
 
 
-def _storage_key(settings: ServerSettings) -> StorageKey:
+# -- things on disk -------------------------------------------------------------------
+
+
+def storage_key(settings: ServerSettings, *, quiet: bool = False) -> StorageKey:
+    """The storage key: from ``IMGSHARE_STORAGE_KEY``, or the key file (made if
+    missing). Raises ``ConfigError``, ``StorageError``."""
     from_env = os.environ.get(STORAGE_KEY_ENV)
     if from_env:
-        log.info("storage key from the environment", extra=fields(variable=STORAGE_KEY_ENV))
+        if not quiet:
+            log.info("storage key from the environment", extra=fields(variable=STORAGE_KEY_ENV))
         return storage_key_from_env(from_env)
     path = settings.storage_key_path
     created = not path.exists()
     key = load_or_create_storage_key(path)
-    log.info("storage key %s", "created" if created else "loaded", extra=fields(path=str(path)))
+    if not quiet:
+        log.info("storage key %s", "created" if created else "loaded", extra=fields(path=str(path)))
     return key
 
 
-def _signing_identity(settings: ServerSettings) -> tuple[bytes, SigningKey, bytes | None]:
-    passphrase = (
-        pki.read_passphrase_file(settings.key_passphrase_file)
-        if settings.key_passphrase_file
-        else None
-    )
-    cert = pki.load_certificate(settings.cert_path)
-    key = pki.load_private_key(settings.key_path, passphrase)
-    try:
-        scheme_for(key)
-    except ValueError as exc:
-        raise ConfigError(f"{settings.key_path}: {exc}") from exc
-    return cert.public_bytes(serialization.Encoding.DER), key, passphrase
-
-
-def _certificates(settings: ServerSettings) -> None:
+def ensure_certificates(settings: ServerSettings) -> None:
+    """Make the CA and server certificate on first start (unless given). Raises
+    ``ConfigError``, ``CertificateError``."""
     if settings.cert is None and settings.key is None:
         hosts = list(pki.DEFAULT_HOSTS) + list(settings.extra_hosts)
         paths = pki.ensure_server_certificates(settings.cert_dir, hosts)
@@ -114,84 +109,40 @@ def _certificates(settings: ServerSettings) -> None:
         raise ConfigError("give both --cert and --key, or neither")
 
 
-def build_service(
-    settings: ServerSettings,
-    password_hasher: PasswordHasher | None = None,
-    *,
-    lock: DataFolderLock | None = None,
-) -> Service:
-    """Lock the data folder (unless ``lock`` is given), open (or create) its stores,
-    check that they are writable, and sweep what a crash left.
-
-    Raises ``DataFolderInUse`` if another server holds the folder, ``StorageError``
-    if it cannot be written, ``ConfigError``.
-    """
-    _make_data_dir(settings.data)
-    held = lock or DataFolderLock.acquire(settings.data)
+def load_identity(settings: ServerSettings) -> Identity:
+    """The TLS context and the application handshake's certificate and key, from the
+    files the settings name. Raises ``ConfigError``, ``CertificateError``."""
+    passphrase = (
+        pki.read_passphrase_file(settings.key_passphrase_file)
+        if settings.key_passphrase_file
+        else None
+    )
+    cert = pki.load_certificate(settings.cert_path)
+    key = pki.load_private_key(settings.key_path, passphrase)
     try:
-        return _open_service(settings, password_hasher, held)
-    except BaseException:
-        if lock is None:
-            held.release()
-        raise
+        scheme_for(key)
+    except ValueError as exc:
+        raise ConfigError(f"{settings.key_path}: {exc}") from exc
+    context = tls.create_server_context(
+        settings.cert_path,
+        settings.key_path,
+        password=passphrase,
+        client_ca=settings.client_ca,
+        min_version="1.2" if settings.tls_min == "1.2" else "1.3",
+    )
+    return Identity(context, cert.public_bytes(serialization.Encoding.DER), key)
 
 
-def _open_service(
-    settings: ServerSettings, password_hasher: PasswordHasher | None, lock: DataFolderLock
-) -> Service:
-    images.load_plugins()  # now, not under the import lock of 200 first uploads
-    paths = DataPaths(settings.data)
-    blobs = FileBlobStore(paths.root)  # DATA/objects/, temp files in DATA/tmp/
-    every_inbox = Inbox(paths.inbox)  # swept even when copies are turned off
-    inbox = every_inbox if settings.inbox else None
-    check_writable(paths.root, blobs.tmp_dir, blobs.objects_dir, every_inbox.tmp_dir)
-    catalog = open_catalog(settings.data)
-    try:
-        report = sweep(blobs, every_inbox, catalog)
-        if not report.clean:
-            log.warning("start-up sweep removed leftovers of a crash", extra=fields(report=report))
-        policy = ThrottlePolicy(
-            free_per_account=settings.login_failures_per_account,
-            free_per_address=settings.login_failures_per_address,
-            base_delay=settings.login_delay,
-            max_delay=settings.login_delay_max,
-        )
-        accounts = Accounts(
-            catalog,
-            hasher=password_hasher,
-            gate=HashGate(DEFAULT_MAX_CONCURRENT_HASHES),
-            throttle=LoginThrottle(catalog, policy),
-        )
-        return Service(
-            catalog=catalog,
-            blobs=blobs,
-            inbox=inbox,
-            storage_key=_storage_key(settings),
-            accounts=accounts,
-            image_policy=images.ImagePolicy(
-                max_pixels=settings.max_pixels,
-                decode_memory=images.DecodeMemory(settings.decode_memory),
-            ),
-            uploads=UploadSlots(
-                catalog,
-                quota_bytes=settings.quota_bytes,
-                per_user=settings.max_uploads_per_user,
-                memory=settings.upload_memory,
-            ),
-            max_login_failures=settings.max_login_failures,
-            lock=lock,
-        )
-    except BaseException:
-        catalog.close()
-        raise
-
-
-def _listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket (with ``reuse_port``, one of several on the same port that
+    the kernel shares connections between). Raises ``ConfigError`` (address taken...)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
         listener = socket.socket(family, kind, proto)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind(address)
         listener.listen(1024)
     except OSError as exc:
@@ -199,35 +150,30 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
+def store_config(settings: ServerSettings, key: StorageKey | None) -> StoreConfig:
+    """How the settings map onto the storage factory."""
+    return StoreConfig(
+        data=settings.data,
+        storage_key=key,
+        inbox=settings.inbox,
+        quota_bytes=settings.quota_bytes,
+        uploads_per_user=settings.max_uploads_per_user,
+        sweep_after=settings.sweep_after,
+    )
+
+
+# -- limits of the process ------------------------------------------------------------
+
+
 def open_files_needed(settings: ServerSettings) -> int:
-    """Descriptors the server may need at once: one per connection, three per upload
-    in flight (sealed and plaintext temp files, the image check), and a margin for
-    the catalog, the listener, certificates and logs."""
+    """Descriptors the server may need at once: one per connection, four per upload
+    in flight (sealed and plaintext temp files, the image check, the reader's wake-up
+    descriptor), and a margin for the catalog, the listener, certificates and logs."""
     uploads = settings.upload_memory // MIN_UPLOAD_MEMORY
-    return settings.max_connections + 3 * uploads + 64
+    return settings.max_connections + 4 * uploads + 64
 
 
-#: Resident memory of a server at rest (Python, OpenSSL, Pillow, SQLite), rounded up
-#: (measured: 45 MiB).
-BASE_MEMORY = 128 * MIB
-#: Resident memory one open connection may hold: its thread's stack pages, its TLS
-#: buffers and its small read buffer (measured: 73 KiB for an idle logged-in one).
-CONNECTION_MEMORY = 256 * 1024
-
-
-def memory_bound(settings: ServerSettings) -> int:
-    """The most resident memory the server needs with these settings (docs/security.md).
-
-    At rest, plus every connection ``max_connections`` allows, plus the buffers of
-    all uploads in flight (``upload_memory``), plus the decodes of image checks
-    (``decode_memory``, or one decode of ``max_pixels`` if that is larger).
-    """
-    decodes = max(settings.decode_memory, images.largest_decode(settings.max_pixels))
-    connections = settings.max_connections * CONNECTION_MEMORY
-    return BASE_MEMORY + connections + settings.upload_memory + decodes
-
-
-def _raise_open_file_limit(settings: ServerSettings) -> None:
+def raise_open_file_limit(settings: ServerSettings) -> None:
     """Lift the soft open-file limit as far as the hard one allows; refuse to start if
     ``max_connections`` still cannot fit (a cap that fails at accept time would only
     look like one). Raises ``ConfigError``."""
@@ -246,48 +192,96 @@ def _raise_open_file_limit(settings: ServerSettings) -> None:
     log.info("open-file limit raised", extra=fields(soft=wanted, hard=hard))
 
 
-def build_server(
-    settings: ServerSettings,
-    password_hasher: PasswordHasher | None = None,
-    *,
-    stop: threading.Event | None = None,
-) -> Server:
-    """A ready-to-serve ``Server`` (listening already, so ``address`` is known).
+#: Resident memory of a server process at rest (Python, OpenSSL, Pillow, SQLite),
+#: rounded up (measured: 45 MiB).
+BASE_MEMORY = 128 * MIB
+#: Resident memory one open connection may hold: its thread's stack pages, its TLS
+#: buffers and its small read buffer (measured: 73 KiB for an idle logged-in one).
+CONNECTION_MEMORY = 256 * 1024
 
-    ``password_hasher`` replaces the argon2id defaults (tests use cheap parameters).
-    ``stop``, if given, becomes the server's stop flag: setting it (from a signal
-    handler, even before this returns) makes ``serve_forever`` return.
+
+def memory_bound(settings: ServerSettings, workers: int = 1) -> int:
+    """The most resident memory the server's processes need together with these
+    settings (docs/security.md): each at rest, plus every connection, plus the buffers
+    of all uploads in flight (``upload_memory``), plus the decodes of image checks
+    (``decode_memory`` in each process, or one decode of ``max_pixels`` if larger)."""
+    decodes = max(settings.decode_memory, images.largest_decode(settings.max_pixels))
+    connections = settings.max_connections * CONNECTION_MEMORY
+    return workers * (BASE_MEMORY + decodes) + connections + settings.upload_memory
+
+
+# -- assembling -----------------------------------------------------------------------
+
+
+def prepare(settings: ServerSettings) -> tuple[DataFolderLock, DataFolderStore]:
+    """Take the data folder for this server: its lock first, then the certificates,
+    the storage key, the store (the catalog migrated) and its writability checked.
+
+    Raises ``DataFolderInUse``, ``StorageError``, ``ConfigError``, ``CertificateError``.
     """
-    _make_data_dir(settings.data)
-    _raise_open_file_limit(settings)
+    make_data_folder(settings.data)
+    raise_open_file_limit(settings)
     lock = DataFolderLock.acquire(settings.data)  # before anything else touches the folder
     try:
-        return _build_server(settings, password_hasher, stop, lock)
+        ensure_certificates(settings)
+        data, inbox = settings.data, inbox_path(settings.data)
+        existing = [p for p in (data / "tmp", data / "objects", inbox / ".tmp") if p.exists()]
+        check_writable(data, *existing)
+        store = open_store(store_config(settings, storage_key(settings)))
     except BaseException:
         lock.release()
         raise
+    return lock, store
 
 
-def _build_server(
+def sweep_at_start(store: DataFolderStore) -> None:
+    """The start-up sweep: every leftover of a crash, whatever its age (nothing else
+    can be writing under the data folder's lock, before the workers start)."""
+    report = store.sweep(exclusive=True)
+    if not report.clean:
+        log.warning("start-up sweep removed leftovers of a crash", extra=fields(report=report))
+
+
+def build_service(
     settings: ServerSettings,
-    password_hasher: PasswordHasher | None,
-    stop: threading.Event | None,
-    lock: DataFolderLock,
-) -> Server:
-    _certificates(settings)
-    certificate_der, signing_key, passphrase = _signing_identity(settings)
-    context = tls.create_server_context(
-        settings.cert_path,
-        settings.key_path,
-        password=passphrase,
-        client_ca=settings.client_ca,
-        min_version="1.2" if settings.tls_min == "1.2" else "1.3",
+    store: DataFolderStore,
+    password_hasher: PasswordHasher | None = None,
+    *,
+    shares: Shares,
+    lock: DataFolderLock | None = None,
+) -> Service:
+    """What this process's sessions share, over ``store``."""
+    images.load_plugins()  # now, not under the import lock of 200 first uploads
+    policy = ThrottlePolicy(
+        free_per_account=settings.login_failures_per_account,
+        free_per_address=settings.login_failures_per_address,
+        base_delay=settings.login_delay,
+        max_delay=settings.login_delay_max,
     )
-    service = build_service(settings, password_hasher, lock=lock)
-    net = NetworkSettings(
-        max_connections=settings.max_connections,
-        max_connections_per_address=settings.max_connections_per_address,
-        max_unauthenticated=settings.unauthenticated_cap,
+    accounts = Accounts(
+        store.catalog,
+        hasher=password_hasher,
+        gate=HashGate(shares.hash_slots),
+        throttle=LoginThrottle(store.catalog, policy),
+    )
+    return Service(
+        store=store,
+        accounts=accounts,
+        image_policy=images.ImagePolicy(
+            max_pixels=settings.max_pixels,
+            decode_memory=images.DecodeMemory(settings.decode_memory),
+        ),
+        upload_memory=MemoryBudget(shares.upload_memory),
+        max_login_failures=settings.max_login_failures,
+        lock=lock,
+    )
+
+
+def network_settings(settings: ServerSettings, shares: Shares) -> NetworkSettings:
+    return NetworkSettings(
+        max_connections=shares.connections,
+        max_connections_per_address=shares.per_address,
+        max_unauthenticated=shares.unauthenticated,
         trusted_networks=settings.trusted_networks,
         tls_handshake_timeout=settings.tls_handshake_timeout,
         app_handshake_timeout=settings.app_handshake_timeout,
@@ -296,15 +290,64 @@ def _build_server(
         min_transfer_bytes=settings.min_transfer_bytes,
         transfer_window=settings.transfer_window,
     )
-    limits = Limits(max_image_size=settings.max_image_size)
+
+
+def build_worker(
+    settings: ServerSettings,
+    listener: socket.socket,
+    *,
+    workers: int,
+    password_hasher: PasswordHasher | None = None,
+    stop: threading.Event | None = None,
+) -> Server:
+    """One worker of a supervised server: its own store connection and identity over
+    the supervisor's listening socket; no lock (the supervisor holds it), no sweep."""
+    shares = Shares.of(settings, workers)
+    store = open_store(store_config(settings, storage_key(settings, quiet=True)))
     try:
-        listener = _listen(settings.host, settings.port)
+        service = build_service(settings, store, password_hasher, shares=shares)
+        identity = load_identity(settings)
     except BaseException:
-        service.catalog.close()
+        store.close()
         raise
+    limits = Limits(max_image_size=settings.max_image_size)
+    net = network_settings(settings, shares)
+    return Server(service, identity, net, limits, listener, stopping=stop)
+
+
+def build_server(
+    settings: ServerSettings,
+    password_hasher: PasswordHasher | None = None,
+    *,
+    stop: threading.Event | None = None,
+) -> Server:
+    """A whole server in this process, ready to serve (listening already, so
+    ``address`` is known).
+
+    ``password_hasher`` replaces the argon2id defaults (tests use cheap parameters).
+    ``stop``, if given, becomes the server's stop flag: setting it (from a signal
+    handler, even before this returns) makes ``serve_forever`` return.
+    """
+    lock, store = prepare(settings)
+    try:
+        sweep_at_start(store)
+        shares = Shares.of(settings)
+        service = build_service(settings, store, password_hasher, shares=shares, lock=lock)
+        identity = load_identity(settings)
+        listener = listen(settings.host, settings.port)
+    except BaseException:
+        store.close()
+        lock.release()
+        raise
+    limits = Limits(max_image_size=settings.max_image_size)
     server = Server(
-        service, context, certificate_der, signing_key, net, limits, listener, stopping=stop
+        service, identity, network_settings(settings, shares), limits, listener, stopping=stop
     )
+    log_listening(server, settings)
+    return server
+
+
+def log_listening(server: Server, settings: ServerSettings) -> None:
     host, port = server.address
     log.info(
         "listening on %s:%d",
@@ -312,4 +355,3 @@ def _build_server(
         port,
         extra=fields(data=str(settings.data), inbox=settings.inbox),
     )
-    return server

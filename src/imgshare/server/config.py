@@ -65,6 +65,10 @@ class ServerSettings:
     idle_timeout: float = 300.0
     transfer_window: float = 20.0
     shutdown_grace: float = 10.0
+    sweep_after: float = 3600.0  # files without a catalog row older than this are swept
+    # processes
+    workers: int = 0  # worker processes; 0: one per CPU
+    listen_mode: str = "shared"  # "shared": one listening socket; "reuseport": one each
     # logging
     log_format: str = "human"
     log_level: str = "info"
@@ -78,6 +82,10 @@ class ServerSettings:
             raise ConfigError(f"port must be 0..65535, not {self.port}")
         if self.tls_min not in ("1.2", "1.3"):
             raise ConfigError(f"tls_min must be '1.2' or '1.3', not {self.tls_min!r}")
+        if self.listen_mode not in ("shared", "reuseport"):
+            raise ConfigError(
+                f"listen_mode must be 'shared' or 'reuseport', not {self.listen_mode!r}"
+            )
         if self.log_format not in ("human", "json"):
             raise ConfigError(f"log_format must be 'human' or 'json', not {self.log_format!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -99,6 +107,7 @@ class ServerSettings:
                 raise ConfigError(f"{name} must be at least 1")
         for name in (
             "quota_bytes",
+            "workers",
             "max_unauthenticated",
             "login_failures_per_account",
             "login_failures_per_address",
@@ -116,6 +125,7 @@ class ServerSettings:
             "login_delay",
             "login_delay_max",
             "shutdown_grace",
+            "sweep_after",
         ):
             seconds = getattr(self, name)
             if (
@@ -129,6 +139,11 @@ class ServerSettings:
                 ipaddress.ip_network(network)
             except ValueError as exc:
                 raise ConfigError(f"trusted_networks: {network!r} is not a network") from exc
+
+    @property
+    def worker_count(self) -> int:
+        """Worker processes to run: the setting, or one per CPU."""
+        return self.workers or os.cpu_count() or 1
 
     @property
     def unauthenticated_cap(self) -> int:

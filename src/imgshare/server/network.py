@@ -1,19 +1,21 @@
-"""How bytes move: the listener, one thread per connection, TLS, timeouts and caps.
+"""How bytes move: the listener, one thread per connection, TLS, deadlines and caps.
 
-Measured choice (docs/design.md, decision 8): a blocking thread per connection.
-Blocking TLS reads are more than twice as fast as asyncio's, and AES-GCM, hashing,
+Measured choice (docs/design.md, decision 8): a thread per connection over
+non-blocking TLS (``imgshare.server.channel``) in each of a few worker processes.
+Blocking-style reads are more than twice as fast as asyncio's, and AES-GCM, hashing,
 Pillow's decoders and file writes all release the GIL, so a busy upload does not
 stall the others. An idle connection costs a sleeping thread and its small buffers.
 
-The accept loop only accepts: the TLS handshake runs on the connection's own thread
-with a deadline, so a silent TCP peer delays nobody. Between accepts it also does the
-server's housekeeping: summaries of the log lines an attacker can cause, and ending
-the sessions of users who were removed.
+The path of a connection: the accept loop only accepts (and does the housekeeping:
+log summaries, removed users, reservation leases); the connection's own thread does
+the TLS handshake, then feeds the sans-IO ``ServerConnection`` and hands each request
+to its ``Session``, whose answers it writes: this layer is the only writer. While an
+upload streams, each chunk record is read straight into a buffer that the ``Upload``
+gives out and handed back to it whole; the upload wakes the reader if a chunk fails.
 
-Deadlines, in order: the TLS handshake, the application handshake, then the login
-(a connection must log in within ``login_timeout`` of its application handshake),
-then ``idle_timeout`` between requests; while an image streams, the minimum transfer
-rate (``caps.TransferMeter``) in both directions.
+Deadlines, in order: the TLS handshake, the application handshake, the login (within
+``login_timeout`` of the application handshake), then ``idle_timeout`` between
+requests; while an image streams, the minimum transfer rate, both ways.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from imgshare.errors import IntegrityError, LocalProtocolError, RemoteProtocolError, StorageError
@@ -33,7 +35,9 @@ from imgshare.protocol import events as ev
 from imgshare.protocol.constants import RECORD_HEADER_SIZE, ErrorCode
 from imgshare.protocol.keys import SigningKey
 from imgshare.server.caps import ConnectionCaps, TooSlow, TransferMeter
-from imgshare.server.service import Service, Session
+from imgshare.server.channel import Channel, Woken
+from imgshare.server.service import Service
+from imgshare.server.session import Session
 from imgshare.server.threads import ThreadReuse
 from imgshare.store import User
 
@@ -41,13 +45,12 @@ log = logging.getLogger(__name__)
 
 #: Idle and control traffic: one TLS record's worth, so idle connections stay small.
 SMALL_READ = 16 * 1024
-#: How often a read wakes up to look for a failure in the upload pipeline.
-PIPELINE_POLL = 0.05
-#: Bulk sends go out in pieces this big, so the transfer meter sees progress.
-SEND_PIECE = 64 * 1024
 #: How often the accept loop checks that logged-in users still exist.
 USER_CHECK_INTERVAL = 1.0
+#: How often the accept loop renews the leases of its uploads' reservations.
+LEASE_RENEWAL_INTERVAL = 30.0
 TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING})
+_NO_KEYS = frozenset({State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED, State.CLOSED})
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,19 @@ class NetworkSettings:
     transfer_window: float
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who the server is: its TLS context and the certificate and key that sign the
+    application handshake. Swapped whole on a reload; a connection keeps the one it
+    started with."""
+
+    ssl_context: ssl.SSLContext
+    certificate_der: bytes
+    signing_key: SigningKey
+
+
 class _Timeout(Exception):
-    """A deadline passed: ``str()`` says which, for the log."""
+    """A deadline passed: ``str()`` says which, for the peer and the log."""
 
 
 class ConnectionHandler:
@@ -82,7 +96,7 @@ class ConnectionHandler:
         self._logging_in = False
         self._counted_login = False
         self._login_deadline = 0.0
-        self._tls: ssl.SSLSocket | None = None
+        self._channel: Channel | None = None
         self._conn: ServerConnection | None = None
         net = server.net
         self._meter = TransferMeter(net.min_transfer_bytes, net.transfer_window)
@@ -105,7 +119,7 @@ class ConnectionHandler:
         return user.id if user is not None else None
 
     def abort(self) -> None:
-        """Cut the connection from another thread; the handler's blocking call returns."""
+        """Cut the connection from another thread; the handler's wait returns."""
         try:
             socket.socket.shutdown(self.raw, socket.SHUT_RDWR)
         except OSError:
@@ -118,20 +132,23 @@ class ConnectionHandler:
 
     def run(self) -> None:
         try:
-            tls = self._tls = self._tls_handshake()
+            identity = self.server.identity
+            tls = self._tls_handshake(identity.ssl_context)
             if tls is None:
                 return
-            conn = self._conn = self.server.new_connection()
+            channel = self._channel = Channel(tls)
+            conn = self._conn = ServerConnection(
+                identity.certificate_der, identity.signing_key, limits=self.server.limits
+            )
             self.session = Session(
                 self.server.service,
                 conn,
-                self._send,
                 self.peer,
                 address=self.address[0],
                 on_login=self._logged_in,
             )
-            self._serve(tls, conn, self.session)
-        except (OSError, _Timeout) as exc:
+            self._serve(channel, conn, self.session)
+        except (OSError, _Timeout, Woken) as exc:
             if self.revoked:
                 log.info("session ended: its user was removed", extra=fields(peer=self.peer))
             else:
@@ -141,20 +158,16 @@ class ConnectionHandler:
         finally:
             if self.session is not None:
                 self.session.close()
-            for sock in (self._tls, self.raw):
-                if sock is not None:
-                    try:
-                        sock.close()
-                    except OSError:
-                        pass
+            try:
+                self.raw.close()
+            except OSError:
+                pass
             self.server.connection_ended(self)
 
-    def _tls_handshake(self) -> ssl.SSLSocket | None:
+    def _tls_handshake(self, context: ssl.SSLContext) -> ssl.SSLSocket | None:
         self.raw.settimeout(self.server.net.tls_handshake_timeout)
         try:
-            tls = self.server.ssl_context.wrap_socket(
-                self.raw, server_side=True, do_handshake_on_connect=False
-            )
+            tls = context.wrap_socket(self.raw, server_side=True, do_handshake_on_connect=False)
             self.raw = tls  # wrap_socket detached raw: abort() and close() must use tls
             tls.do_handshake()
         except (ssl.SSLError, OSError) as exc:
@@ -168,37 +181,37 @@ class ConnectionHandler:
         log.debug("connection", extra=fields(peer=self.peer, tls=tls.version()))
         return tls
 
-    # -- sending -----------------------------------------------------------------------
+    # -- writing: this layer is the only writer -----------------------------------------
 
-    def _send(self, data: bytes | bytearray | memoryview) -> None:
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
         """Send to the peer: at the minimum rate while an image streams, else within
-        the idle timeout. Raises ``OSError``, ``TooSlow``."""
-        tls, conn = self._tls, self._conn
-        assert tls is not None and conn is not None
-        if conn.state not in TRANSFER_STATES:
-            tls.settimeout(self.server.net.idle_timeout)
-            tls.sendall(data)
+        the idle timeout. Raises ``OSError``, ``TooSlow``, ``TimeoutError``."""
+        if not data:
             return
-        view = memoryview(data)
-        while view:
-            tls.settimeout(self._meter.time_left())
-            started = time.monotonic()
-            try:
-                # A retry after a timeout must offer the same bytes (OpenSSL's rule),
-                # which it does: the view moves only by what was sent.
-                sent = tls.send(view[:SEND_PIECE])
-            except TimeoutError:
-                sent = 0
-            self._meter.moved(sent, time.monotonic() - started)
-            view = view[sent:]
+        channel, conn = self._channel, self._conn
+        assert channel is not None and conn is not None
+        if conn.state in TRANSFER_STATES:
+            channel.send_all(data, 0.0, progress=self._meter.moved, budget=self._meter.time_left)
+        else:
+            channel.send_all(data, self.server.net.idle_timeout)
 
-    # -- receiving ---------------------------------------------------------------------
+    def _send(self, conn: ServerConnection, event: ev.Event) -> None:
+        if isinstance(event, ev.Chunk):  # a download: sent from where it was read
+            self._write(conn.send_chunk_header(event))
+            self._write(event.data)
+        else:
+            self._write(conn.send(event))
+
+    def _flush(self, conn: ServerConnection) -> None:
+        self._write(conn.data_to_send())
+
+    # -- reading ----------------------------------------------------------------------
 
     def _deadline_for(
         self, conn: ServerConnection, session: Session, handshake: float
     ) -> tuple[float, str]:
         """Seconds to wait for the peer's next bytes outside a transfer, and what to
-        tell it when they run out. Raises ``_Timeout`` if they already have."""
+        tell it when they run out. Raises ``_Timeout`` if none are left."""
         net = self.server.net
         if conn.state in (State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED):
             deadline, what = handshake, "application handshake timeout"
@@ -212,7 +225,7 @@ class ConnectionHandler:
             raise _Timeout(what)
         return remaining, what
 
-    def _serve(self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session) -> None:
+    def _serve(self, channel: Channel, conn: ServerConnection, session: Session) -> None:
         handshake_deadline = time.monotonic() + self.server.net.app_handshake_timeout
         while True:
             try:
@@ -221,106 +234,75 @@ class ConnectionHandler:
                 self.server.events.event(
                     "protocol_error", f"protocol error: {exc}", self.peer, code=exc.code
                 )
-                tls.sendall(conn.data_to_send())
+                self._flush(conn)
                 return
             if isinstance(event, ev.Event):
-                if not self._dispatch(tls, conn, session, event):
+                if not self._dispatch(conn, session, event):
                     return
                 continue
-            _flush(tls, conn)
+            self._flush(conn)
             if self.server.stopping.is_set() and conn.state is State.IDLE:
                 stopping = ev.Error(ErrorCode.SHUTTING_DOWN, "server is stopping", fatal=True)
-                tls.sendall(conn.send(stopping))
+                self._write(conn.send(stopping))
                 return
             try:
-                if conn.state in TRANSFER_STATES:
-                    self._receive(tls, conn, session, None)
-                else:
-                    timeout, what = self._deadline_for(conn, session, handshake_deadline)
-                    try:
-                        self._receive(tls, conn, session, timeout)
-                    except TimeoutError:
-                        raise _Timeout(what) from None
+                self._receive(channel, conn, session, handshake_deadline)
             except (_Timeout, TooSlow) as exc:
-                self._send_timeout(tls, conn, exc)
+                self._send_timeout(conn, exc)
                 return
-            except (IntegrityError, StorageError) as exc:  # found by an upload pipeline
-                self._fatal(tls, conn, exc)
+            except Woken:  # the upload found a chunk that does not verify
+                upload = session.upload
+                failure = upload.failure if upload is not None else None
+                self._fatal(conn, failure or StorageError("upload failed"))
                 return
 
     def _receive(
-        self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session, timeout: float | None
+        self, channel: Channel, conn: ServerConnection, session: Session, handshake: float
     ) -> None:
         """Feed the connection the next bytes from the peer (b"" at end of stream).
 
-        ``timeout`` bounds the wait; None means "while an image streams": then the
-        transfer meter bounds it, and reads never go past the current record, so that
-        each chunk record's body is read whole, in a tight loop (TLS hands out at most
-        16 KiB a call), straight into a buffer the upload recycles, and lent to the
-        protocol core uncopied. Otherwise read one small piece, so that an idle
-        connection holds no big buffer.
+        While an image streams, reads never go past the current record: then each
+        chunk record's body is read whole, straight into a buffer the upload recycles,
+        and lent to the protocol core uncopied; the transfer meter judges the rate.
+        Otherwise one small piece is read, so an idle connection holds no big buffer.
         """
         wanted = conn.bytes_wanted
-        streaming = timeout is None
-        if streaming and wanted > SMALL_READ and conn.buffered_bytes == RECORD_HEADER_SIZE:
-            body = session.chunk_buffer(wanted)
-            if body is not None:
-                got = self._recv_into(tls, body, session, timeout, whole=True)
-                if got < wanted:  # cut off mid-record: let the core say so
-                    conn.receive_data(body[:got])
-                else:
-                    conn.receive_record_body(body)
-                return
-        if self._small_buffer is None:
-            self._small_buffer = memoryview(bytearray(SMALL_READ))
-        view = self._small_buffer[: min(wanted, SMALL_READ)] if streaming else self._small_buffer
-        count = self._recv_into(tls, view, session, timeout, whole=False)
+        if conn.state not in TRANSFER_STATES:
+            timeout, what = self._deadline_for(conn, session, handshake)
+            view = self._small()
+            try:
+                count = channel.recv_into(view, timeout)
+            except TimeoutError:
+                raise _Timeout(what) from None
+            conn.receive_data(view[:count])
+            return
+        upload = session.upload
+        wake = upload.wake_fd if upload is not None else None
+        meter = self._meter
+        if upload is not None and wanted > SMALL_READ and conn.buffered_bytes == RECORD_HEADER_SIZE:
+            body = upload.buffer(wanted)
+            got = channel.recv_into(
+                body, 0.0, whole=True, wake=wake, progress=meter.moved, budget=meter.time_left
+            )
+            if got < wanted:  # cut off mid-record: let the core say so
+                conn.receive_data(body[:got])
+            else:
+                conn.receive_record_body(body)
+            return
+        view = self._small()[: min(wanted, SMALL_READ)]
+        count = channel.recv_into(
+            view, 0.0, wake=wake, progress=meter.moved, budget=meter.time_left
+        )
         conn.receive_data(view[:count])
 
-    def _recv_into(
-        self,
-        tls: ssl.SSLSocket,
-        view: memoryview,
-        session: Session,
-        timeout: float | None,
-        *,
-        whole: bool,
-    ) -> int:
-        """Read into ``view``: once, or (``whole``) until it is full or the stream ends.
+    def _small(self) -> memoryview:
+        if self._small_buffer is None:
+            self._small_buffer = memoryview(bytearray(SMALL_READ))
+        return self._small_buffer
 
-        While an upload pipeline runs, a read wakes up every ``PIPELINE_POLL`` seconds
-        to raise what the pipeline found (a tampered chunk), so the peer hears of it at
-        once even if it waits for our answer. A ``timeout`` bounds the silence; without
-        one the transfer meter judges the rate (raising ``TooSlow``).
-        """
-        polling = session.upload is not None
-        got = 0
-        silent = 0.0
-        while True:
-            wait = self._meter.time_left() if timeout is None else timeout - silent
-            tls.settimeout(min(PIPELINE_POLL, wait) if polling else wait)
-            started = time.monotonic()
-            try:
-                count = tls.recv_into(view[got:])
-            except TimeoutError:
-                count = -1
-            waited = time.monotonic() - started
-            if timeout is None:
-                self._meter.moved(max(0, count), waited)
-            if count < 0:
-                silent += waited
-                if timeout is not None and silent >= timeout:
-                    raise TimeoutError("the peer was silent too long")
-                session.check_upload()
-                continue
-            got += count
-            if count == 0 or not whole or got == len(view):
-                return got
-            silent = 0.0
+    # -- answers ----------------------------------------------------------------------
 
-    # -- answers -----------------------------------------------------------------------
-
-    def _fatal(self, tls: ssl.SSLSocket, conn: ServerConnection, exc: Exception) -> None:
+    def _fatal(self, conn: ServerConnection, exc: BaseException) -> None:
         """Report a failure of the session's own work to the peer, fatally."""
         if isinstance(exc, IntegrityError):
             log.info("integrity failure: %s", exc, extra=fields(peer=self.peer))
@@ -328,34 +310,33 @@ class ConnectionHandler:
         else:
             log.error("storage failure: %s", exc, extra=fields(peer=self.peer))
             error = ev.Error(ErrorCode.STORAGE_FAILED, "storage failed", fatal=True)
-        tls.sendall(conn.send(error))
+        try:
+            self._write(conn.send(error))
+        except (OSError, TooSlow, LocalProtocolError):
+            pass
 
-    def _send_timeout(
-        self, tls: ssl.SSLSocket, conn: ServerConnection, exc: Exception, *, tell: bool = True
-    ) -> None:
+    def _send_timeout(self, conn: ServerConnection, exc: Exception, *, tell: bool = True) -> None:
         """Log a deadline or rate failure and, if ``tell``, tell the peer why it is cut
         off (sealed: only once there are keys)."""
         reason = str(exc) or "timeout"
         self.server.events.event(
             "timeout", "timeout", self.peer, state=conn.state.value, reason=reason
         )
-        no_keys = (State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED, State.CLOSED)
-        if not tell or conn.state in no_keys:
+        if not tell or conn.state in _NO_KEYS:
             return
-        try:
-            tls.settimeout(1.0)  # best effort: the peer may not be reading at all
-            tls.sendall(conn.send(ev.Error(ErrorCode.TIMEOUT, reason, fatal=True)))
+        channel = self._channel
+        assert channel is not None
+        try:  # best effort: the peer may not be reading at all
+            channel.send_all(conn.send(ev.Error(ErrorCode.TIMEOUT, reason, fatal=True)), 1.0)
         except (OSError, LocalProtocolError):
             pass
 
-    def _dispatch(
-        self, tls: ssl.SSLSocket, conn: ServerConnection, session: Session, event: ev.Event
-    ) -> bool:
+    def _dispatch(self, conn: ServerConnection, session: Session, event: ev.Event) -> bool:
         """Handle one event; return False when the connection should end."""
         if isinstance(event, ev.HandshakeComplete):
             log.debug("app handshake complete", extra=fields(peer=self.peer))
             self._login_deadline = time.monotonic() + self.server.net.login_timeout
-            _flush(tls, conn)
+            self._flush(conn)
             return True
         if isinstance(event, ev.ConnectionClosed):
             return False
@@ -366,22 +347,36 @@ class ConnectionHandler:
                 extra=fields(peer=self.peer, code=int(event.code)),
             )
             return not event.fatal
+        if isinstance(event, ev.Chunk):
+            return self._take_chunk(conn, session, event)
         self.busy = True
         self._logging_in = isinstance(event, ev.Login)
-        if not isinstance(event, ev.Chunk):
-            self._meter.restart()  # a new request: a transfer, if any, starts now
+        self._meter.restart()  # a new request: a transfer, if any, starts now
         try:
-            session.handle(event)
+            for answer in session.handle(event):
+                self._send(conn, answer)
         except (IntegrityError, StorageError) as exc:
-            self._fatal(tls, conn, exc)
+            self._fatal(conn, exc)
             return False
         except TooSlow as exc:  # a download the peer does not read: cut it mid-record
-            self._send_timeout(tls, conn, exc, tell=False)
+            self._send_timeout(conn, exc, tell=False)
             return False
         finally:
             self._logging_in = False
             self.busy = conn.state not in (State.IDLE, State.CLOSED)
         return conn.state is not State.CLOSED
+
+    def _take_chunk(self, conn: ServerConnection, session: Session, chunk: ev.Chunk) -> bool:
+        upload = session.upload
+        if upload is None:  # the state table makes this impossible
+            self._fatal(conn, StorageError("a chunk without an upload"))
+            return False
+        try:
+            upload.take(chunk)
+        except (IntegrityError, StorageError) as exc:
+            self._fatal(conn, exc)
+            return False
+        return True
 
     def _logged_in(self, user: User) -> None:
         """From now on this connection no longer counts against the login cap."""
@@ -390,21 +385,13 @@ class ConnectionHandler:
             self.server.logged_in(self)
 
 
-def _flush(tls: ssl.SSLSocket, conn: ServerConnection) -> None:
-    pending = conn.data_to_send()
-    if pending:
-        tls.sendall(pending)
-
-
 class Server:
     """Accepts connections and runs a ``ConnectionHandler`` thread for each."""
 
     def __init__(
         self,
         service: Service,
-        ssl_context: ssl.SSLContext,
-        certificate_der: bytes,
-        signing_key: SigningKey,
+        identity: Identity,
         net: NetworkSettings,
         limits: Limits,
         listener: socket.socket,
@@ -412,12 +399,10 @@ class Server:
         stopping: threading.Event | None = None,
     ) -> None:
         self.service = service
-        self.ssl_context = ssl_context
+        self.identity = identity
         self.net = net
         self.limits = limits
         self.events: SummarizedLog = service.events
-        self._certificate_der = certificate_der
-        self._signing_key = signing_key
         self._listener = listener
         self._caps = ConnectionCaps(
             net.max_connections,
@@ -430,7 +415,14 @@ class Server:
         self._lock = threading.Lock()
         self._all_gone = threading.Condition(self._lock)
         self._next_user_check = 0.0
+        self._next_renewal = time.monotonic() + LEASE_RENEWAL_INTERVAL
+        self._chores: list[Callable[[], None]] = []
         self.stopping = stopping or threading.Event()
+
+    def on_housekeeping(self, chore: Callable[[], None]) -> None:
+        """Run ``chore`` on the accept loop's thread between accepts (a few times a
+        second): what a signal asked for, for example."""
+        self._chores.append(chore)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -442,8 +434,10 @@ class Server:
         """Connections that have not logged in yet."""
         return self._caps.not_logged_in
 
-    def new_connection(self) -> ServerConnection:
-        return ServerConnection(self._certificate_der, self._signing_key, limits=self.limits)
+    def reload(self, identity: Identity) -> None:
+        """Use ``identity`` for new connections; open ones keep theirs."""
+        self.identity = identity
+        log.info("certificate and key reloaded")
 
     def serve_forever(self, poll_interval: float = 0.2) -> None:
         """Accept until ``stop()``; the accepting thread never does a TLS handshake."""
@@ -452,8 +446,8 @@ class Server:
             self._housekeeping()
             try:
                 raw, address = self._listener.accept()
-            except TimeoutError:
-                continue
+            except (TimeoutError, BlockingIOError):
+                continue  # another worker took it, or nobody came
             except OSError as exc:
                 if self.stopping.is_set():
                     break
@@ -464,13 +458,18 @@ class Server:
 
     def _housekeeping(self) -> None:
         self.events.flush()
+        for chore in self._chores:
+            chore()
         now = time.monotonic()
-        if now >= self._next_user_check:
-            self._next_user_check = now + USER_CHECK_INTERVAL
-            try:
+        try:
+            if now >= self._next_user_check:
+                self._next_user_check = now + USER_CHECK_INTERVAL
                 self.end_sessions_of_removed_users()
-            except StorageError as exc:
-                log.warning("cannot check for removed users: %s", exc)
+            if now >= self._next_renewal:
+                self._next_renewal = now + LEASE_RENEWAL_INTERVAL
+                self.service.store.renew()
+        except StorageError as exc:
+            log.warning("housekeeping failed: %s", exc)
 
     def end_sessions_of_removed_users(self) -> int:
         """Cut every session whose user no longer exists; return how many."""

@@ -1,4 +1,5 @@
-"""Threads for connections: a thread of its own for every connection, reused once idle."""
+"""Threads for connections and upload pipelines: a thread of its own for every job,
+reused once idle."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ class ThreadReuse:
     exits, so a burst of connections leaves nothing behind.
     """
 
-    def __init__(self, keep: float = 30.0) -> None:
+    def __init__(self, keep: float = 30.0, name: str = "connection") -> None:
         self._keep = keep
+        self._name = name
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._idle = 0
         self._lock = threading.Lock()
@@ -31,7 +33,7 @@ class ThreadReuse:
                 self._jobs.put(job)
                 return
         box = [job]  # emptied by the thread, so that Thread keeps no reference to the job
-        threading.Thread(target=self._work, args=(box,), name="connection", daemon=True).start()
+        threading.Thread(target=self._work, args=(box,), name=self._name, daemon=True).start()
 
     def close(self) -> None:
         """Let every idle thread exit now (running jobs finish as they will)."""

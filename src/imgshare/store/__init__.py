@@ -1,14 +1,9 @@
-"""Storage: the storage key, the blob store and inbox, the catalog, the start-up sweep.
+"""Storage: the storage key, the blob store and plaintext copies, the catalog, the
+store transaction that ties them together, and the sweep.
 
-The server's upload path, in the order that makes "acknowledged means durable" true::
-
-    writer = blobs.create(image_id)        # header + ciphertext chunks as received
-    inbox_writer = inbox.create(user, name)  # decrypted copy, unless turned off
-    ... write chunks to both, commit both ...
-    catalog.add_image(ImageRecord(..., wrapped_key=storage_key.wrap(content_key, id)))
-    # only now send the receipt
-
-At start-up, ``sweep(blobs, inbox, catalog)`` removes what a crash left half-done.
+``open_store(StoreConfig(...))`` builds the storage the settings ask for;
+``ImageStore.begin`` is the one way an image goes in (see ``imgshare.store.images``
+for the order of its steps), ``ImageStore.delete`` the one way it goes out.
 """
 
 from imgshare.store.blobs import (
@@ -17,8 +12,6 @@ from imgshare.store.blobs import (
     BlobStore,
     BlobWriter,
     FileBlobStore,
-    Inbox,
-    inbox_filename,
 )
 from imgshare.store.catalog import (
     Catalog,
@@ -28,32 +21,57 @@ from imgshare.store.catalog import (
     User,
     UserExistsError,
 )
+from imgshare.store.copies import Inbox, PlainCopies, PlainCopy, ScratchCopies, inbox_filename
+from imgshare.store.factory import (
+    DataFolderStore,
+    StoreConfig,
+    catalog_path,
+    inbox_path,
+    make_data_folder,
+    open_catalog,
+    open_store,
+)
+from imgshare.store.images import ImageStore, OpenImage, PendingImage
 from imgshare.store.keys import (
     StorageKey,
     generate_storage_key,
     load_or_create_storage_key,
     storage_key_from_env,
 )
-from imgshare.store.recovery import SweepReport, sweep
+from imgshare.store.recovery import DEFAULT_SWEEP_AFTER, SweepReport, sweep
 
 __all__ = [
+    "DEFAULT_SWEEP_AFTER",
     "AtomicFile",
     "BlobNotFound",
     "BlobStore",
     "BlobWriter",
     "Catalog",
+    "DataFolderStore",
     "DeletedImage",
     "FileBlobStore",
     "ImageRecord",
+    "ImageStore",
     "Inbox",
+    "OpenImage",
+    "PendingImage",
+    "PlainCopies",
+    "PlainCopy",
     "SQLiteCatalog",
+    "ScratchCopies",
     "StorageKey",
+    "StoreConfig",
     "SweepReport",
     "User",
     "UserExistsError",
+    "catalog_path",
     "generate_storage_key",
     "inbox_filename",
+    "inbox_path",
     "load_or_create_storage_key",
+    "make_data_folder",
+    "open_catalog",
+    "open_store",
     "storage_key_from_env",
     "sweep",
 ]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import re
@@ -37,7 +38,6 @@ import secrets
 import stat
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, Self
@@ -47,10 +47,6 @@ from imgshare.errors import StorageError
 log = logging.getLogger(__name__)
 
 OBJECT_ID_RE = re.compile(r"[0-9a-f]{32}")
-# Same rule as imgshare.server.accounts.USERNAME_RE (a test checks that they agree); checked
-# again here because a user name becomes a folder name.
-_USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
-INBOX_NAME_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{32}\.[a-z0-9]{1,5}")
 _TEMP_SUFFIX = ".part"
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -80,12 +76,12 @@ class BlobStore(Protocol):
     """Where sealed objects live. Implementations are thread-safe."""
 
     def create(self, object_id: str) -> BlobWriter: ...
-    def open(self, object_id: str) -> BinaryIO: ...
+    def open(self, object_id: str) -> io.BufferedIOBase: ...
     def size(self, object_id: str) -> int: ...
     def exists(self, object_id: str) -> bool: ...
     def delete(self, object_id: str) -> bool: ...
-    def iter_ids(self) -> Iterator[str]: ...
-    def sweep_temp(self) -> int: ...
+    def iter_ids(self, before: float | None = None) -> Iterator[str]: ...
+    def sweep_temp(self, before: float | None = None, *, pid: int | None = None) -> int: ...
     def scratch_file(self) -> BinaryIO: ...
 
 
@@ -128,7 +124,7 @@ def open_folder(root: Path, parts: tuple[str, ...] = (), *, create: bool = False
 
 
 @contextlib.contextmanager
-def _folder(root: Path, parts: tuple[str, ...], *, create: bool = False) -> Iterator[int]:
+def opened_folder(root: Path, parts: tuple[str, ...], *, create: bool = False) -> Iterator[int]:
     fd = open_folder(root, parts, create=create)
     try:
         yield fd
@@ -140,7 +136,7 @@ def _parts(root: Path, folder: Path) -> tuple[str, ...]:
     return folder.relative_to(root).parts
 
 
-def _os_error(action: str, path: Path, exc: OSError) -> StorageError:
+def storage_error(action: str, path: Path, exc: OSError) -> StorageError:
     if exc.errno in _DISK_FULL:
         return StorageError(f"disk full while trying to {action} {path}")
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -152,16 +148,16 @@ def _os_error(action: str, path: Path, exc: OSError) -> StorageError:
     return StorageError(f"cannot {action} {path}: {exc.strerror or exc}")
 
 
-def _unlink_in(root: Path, parts: tuple[str, ...], name: str) -> bool:
+def unlink_in(root: Path, parts: tuple[str, ...], name: str) -> bool:
     """Remove ``root/parts/name``; return whether it existed. Raises ``StorageError``."""
     path = root.joinpath(*parts, name)
     try:
-        with _folder(root, parts) as fd:
+        with opened_folder(root, parts) as fd:
             os.unlink(name, dir_fd=fd)
     except FileNotFoundError:
         return False
     except OSError as exc:
-        raise _os_error("remove", path, exc) from exc
+        raise storage_error("remove", path, exc) from exc
     return True
 
 
@@ -185,7 +181,9 @@ class AtomicFile:
     ) -> None:
         """Create the temp file; raise ``StorageError`` if it cannot be created."""
         self.final_path = final_path
-        self._tmp_name = f"{secrets.token_hex(16)}{_TEMP_SUFFIX}"
+        # The writer's pid first: when a worker process dies, the supervisor removes
+        # exactly its temp files (``sweep_temp_dir(..., pid=...)``).
+        self._tmp_name = f"{os.getpid()}-{secrets.token_hex(16)}{_TEMP_SUFFIX}"
         self.tmp_path = tmp_dir / self._tmp_name
         self._final_root = final_path.parent if root is None else root
         self._final_parts = _parts(self._final_root, final_path.parent)
@@ -201,7 +199,7 @@ class AtomicFile:
             self._fd = os.open(self._tmp_name, flags, mode, dir_fd=self._tmp_dir_fd)
         except OSError as exc:
             self._close_tmp_dir()
-            raise _os_error("create", self.tmp_path, exc) from exc
+            raise storage_error("create", self.tmp_path, exc) from exc
 
     def __repr__(self) -> str:
         return f"AtomicFile({str(self.final_path)!r}, state={self._state})"
@@ -220,7 +218,7 @@ class AtomicFile:
                 self._start_writeback(fd)
             except OSError as exc:
                 self._abort_locked()
-                raise _os_error("write", self.final_path, exc) from exc
+                raise storage_error("write", self.final_path, exc) from exc
 
     def _start_writeback(self, fd: int) -> None:
         """Ask the kernel to start writing what we wrote so far, without waiting.
@@ -253,7 +251,7 @@ class AtomicFile:
                     with contextlib.suppress(OSError):
                         os.unlink(self.final_path.name, dir_fd=folder)
                 self._abort_locked()
-                raise _os_error("store", self.final_path, exc) from exc
+                raise storage_error("store", self.final_path, exc) from exc
             finally:
                 if folder is not None:
                     os.close(folder)
@@ -288,7 +286,7 @@ class AtomicFile:
             try:
                 fd = os.open(self._tmp_name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._tmp_dir_fd)
             except OSError as exc:
-                raise _os_error("read", self.tmp_path, exc) from exc
+                raise storage_error("read", self.tmp_path, exc) from exc
         return os.fdopen(fd, "rb")
 
     def abort(self) -> None:
@@ -334,43 +332,57 @@ class AtomicFile:
         self.abort()
 
 
-def _sweep_temp_dir(root: Path, parts: tuple[str, ...]) -> int:
-    """Remove ``*.part`` files in ``root/parts``; return how many. Start-up only."""
+def sweep_temp_dir(
+    root: Path, parts: tuple[str, ...], before: float | None = None, *, pid: int | None = None
+) -> int:
+    """Remove ``*.part`` files in ``root/parts`` (only those last written before the
+    unix time ``before``, or only those of the process ``pid``, if given); return how
+    many."""
     removed = 0
     folder = root.joinpath(*parts)
-    for name in _names(root, parts, dirs=False):
+    for name in list_names(root, parts, dirs=False, before=before):
         if not name.endswith(_TEMP_SUFFIX):
             continue
-        if _unlink_in(root, parts, name):
+        if pid is not None and not name.startswith(f"{pid}-"):
+            continue
+        if unlink_in(root, parts, name):
             removed += 1
     if removed:
         log.info("removed %d leftover temp file(s) from %s", removed, folder)
     return removed
 
 
-def _names(root: Path, parts: tuple[str, ...], *, dirs: bool) -> list[str]:
+def list_names(
+    root: Path, parts: tuple[str, ...], *, dirs: bool, before: float | None = None
+) -> list[str]:
     """Names of the sub-folders (``dirs``) or regular files in ``root/parts``; no
-    symlinks, neither listed nor followed on the way."""
+    symlinks, neither listed nor followed on the way. With ``before``, only files last
+    modified before that unix time (a file being written is younger)."""
     try:
-        with _folder(root, parts) as fd, os.scandir(fd) as entries:
+        with opened_folder(root, parts) as fd, os.scandir(fd) as entries:
             if dirs:
                 return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-            return [e.name for e in entries if e.is_file(follow_symlinks=False)]
+            return [
+                e.name
+                for e in entries
+                if e.is_file(follow_symlinks=False)
+                and (before is None or e.stat(follow_symlinks=False).st_mtime < before)
+            ]
     except OSError as exc:
-        raise _os_error("list", root.joinpath(*parts), exc) from exc
+        raise storage_error("list", root.joinpath(*parts), exc) from exc
 
 
-def _init_dirs(root: Path, *folders: tuple[str, ...]) -> None:
+def init_dirs(root: Path, *folders: tuple[str, ...]) -> None:
     """Create ``root`` (following links to it) and ``folders`` below it (never)."""
     try:
         root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
     except OSError as exc:
-        raise _os_error("create folder", root, exc) from exc
+        raise storage_error("create folder", root, exc) from exc
     for parts in folders:
         try:
             os.close(open_folder(root, parts, create=True))
         except OSError as exc:
-            raise _os_error("create folder", root.joinpath(*parts), exc) from exc
+            raise storage_error("create folder", root.joinpath(*parts), exc) from exc
 
 
 class FileBlobStore:
@@ -381,7 +393,7 @@ class FileBlobStore:
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
-        _init_dirs(self.root, ("objects",), ("tmp",))
+        init_dirs(self.root, ("objects",), ("tmp",))
 
     def __repr__(self) -> str:
         return f"FileBlobStore({str(self.root)!r})"
@@ -399,28 +411,28 @@ class FileBlobStore:
         """A writer for a new object, invisible until committed. Raises ``StorageError``."""
         return AtomicFile(self.path_of(object_id), self.tmp_dir, root=self.root)
 
-    def open(self, object_id: str) -> BinaryIO:
+    def open(self, object_id: str) -> io.BufferedIOBase:
         """Open an object for reading. Raises ``BlobNotFound`` or ``StorageError``."""
         path = self.path_of(object_id)
         try:
-            with _folder(self.root, self._folder_of(object_id)) as folder:
+            with opened_folder(self.root, self._folder_of(object_id)) as folder:
                 fd = os.open(object_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
         except FileNotFoundError as exc:
             raise BlobNotFound(f"object {object_id} not found") from exc
         except OSError as exc:
-            raise _os_error("open", path, exc) from exc
+            raise storage_error("open", path, exc) from exc
         return os.fdopen(fd, "rb")  # the caller closes it
 
     def size(self, object_id: str) -> int:
         """Size in bytes. Raises ``BlobNotFound`` or ``StorageError``."""
         path = self.path_of(object_id)
         try:
-            with _folder(self.root, self._folder_of(object_id)) as folder:
+            with opened_folder(self.root, self._folder_of(object_id)) as folder:
                 info = os.stat(object_id, dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError as exc:
             raise BlobNotFound(f"object {object_id} not found") from exc
         except OSError as exc:
-            raise _os_error("stat", path, exc) from exc
+            raise storage_error("stat", path, exc) from exc
         if not stat.S_ISREG(info.st_mode):
             raise StorageError(f"{path} is not a regular file")
         return info.st_size
@@ -429,12 +441,12 @@ class FileBlobStore:
         """Whether the object is stored (as a regular file, not a link). Raises
         ``StorageError`` if its folder cannot be read."""
         try:
-            with _folder(self.root, self._folder_of(object_id)) as folder:
+            with opened_folder(self.root, self._folder_of(object_id)) as folder:
                 info = os.stat(object_id, dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise _os_error("stat", self.path_of(object_id), exc) from exc
+            raise storage_error("stat", self.path_of(object_id), exc) from exc
         return stat.S_ISREG(info.st_mode)
 
     def delete(self, object_id: str) -> bool:
@@ -443,110 +455,30 @@ class FileBlobStore:
         Not fsynced: the catalog row (and its wrapped key) is what makes an object
         readable; an object that comes back after a crash is an orphan for the sweep.
         """
-        return _unlink_in(self.root, self._folder_of(object_id), object_id)
+        return unlink_in(self.root, self._folder_of(object_id), object_id)
 
-    def iter_ids(self) -> Iterator[str]:
-        """Ids of the stored objects, in no particular order; skips foreign files."""
-        for prefix in _names(self.root, ("objects",), dirs=True):
-            for name in _names(self.root, ("objects", prefix), dirs=False):
+    def iter_ids(self, before: float | None = None) -> Iterator[str]:
+        """Ids of the stored objects (committed before the unix time ``before``, if
+        given), in no particular order; skips foreign files."""
+        for prefix in list_names(self.root, ("objects",), dirs=True):
+            for name in list_names(self.root, ("objects", prefix), dirs=False, before=before):
                 if OBJECT_ID_RE.fullmatch(name) and name[:2] == prefix:
                     yield name
 
-    def sweep_temp(self) -> int:
-        """Remove temp files left by a crash; return how many. Start-up only: it would
-        also remove the temp files of writers in progress."""
-        return _sweep_temp_dir(self.root, ("tmp",))
+    def sweep_temp(self, before: float | None = None, *, pid: int | None = None) -> int:
+        """Remove temp files left by a crash (written before ``before``, or by the
+        process ``pid``, if given); return how many. With neither it would also remove
+        the temp files of writers in progress: only while nothing writes."""
+        return sweep_temp_dir(self.root, ("tmp",), before, pid=pid)
 
     def scratch_file(self) -> BinaryIO:
         """An anonymous private file in the store's temp folder, gone when closed (for
         checking an image that gets no inbox copy). Raises ``StorageError``."""
         try:
-            with _folder(self.root, ("tmp",)) as folder:
+            with opened_folder(self.root, ("tmp",)) as folder:
                 fd = os.open(
                     ".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, _FILE_MODE, dir_fd=folder
                 )
         except OSError as exc:
-            raise _os_error("create a scratch file in", self.tmp_dir, exc) from exc
+            raise storage_error("create a scratch file in", self.tmp_dir, exc) from exc
         return os.fdopen(fd, "w+b")
-
-
-def inbox_filename(image_id: str, extension: str, when: datetime | None = None) -> str:
-    """The server-made inbox name ``<UTC yyyymmddTHHMMSSZ>-<image id>.<ext>``.
-
-    Raises ``ValueError`` if the result would not match ``INBOX_NAME_RE``.
-    """
-    stamp = (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{stamp}-{image_id}.{extension}"
-    if not INBOX_NAME_RE.fullmatch(name):
-        raise ValueError("bad image id or extension for an inbox file name")
-    return name
-
-
-class Inbox:
-    """Decrypted copies of received images, one folder per user; thread-safe."""
-
-    def __init__(self, root: Path) -> None:
-        """Create ``root`` and its temp folder if needed; raise ``StorageError``."""
-        self.root = Path(root)
-        # ".tmp" can never be a user folder: user names start with [a-z0-9].
-        self.tmp_dir = self.root / ".tmp"
-        _init_dirs(self.root, (".tmp",))
-
-    def __repr__(self) -> str:
-        return f"Inbox({str(self.root)!r})"
-
-    def path_of(self, username: str, filename: str) -> Path:
-        """Where a user's inbox file lives. Raises ``ValueError`` for a malformed name."""
-        _check_username(username)
-        if not isinstance(filename, str) or not INBOX_NAME_RE.fullmatch(filename):
-            raise ValueError("invalid inbox file name")
-        return self.root / username / filename
-
-    def create(self, username: str, filename: str) -> AtomicFile:
-        """A writer for a new inbox file, invisible until committed."""
-        return AtomicFile(self.path_of(username, filename), self.tmp_dir, root=self.root)
-
-    def delete(self, username: str, filename: str) -> bool:
-        """Remove an inbox file; return whether it existed. Raises ``StorageError``."""
-        self.path_of(username, filename)
-        return _unlink_in(self.root, (username,), filename)
-
-    def remove_empty_folder(self, username: str) -> bool:
-        """Remove the user's folder if it is empty; return whether it was removed.
-
-        Safe against a concurrent upload: a folder that holds a file stays, and a
-        writer that finds its folder gone makes it again. Raises ``StorageError``.
-        """
-        _check_username(username)
-        try:
-            with _folder(self.root, ()) as root:
-                os.rmdir(username, dir_fd=root)
-                os.fsync(root)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        except OSError as exc:
-            if exc.errno == errno.ENOTEMPTY:
-                return False
-            raise _os_error("remove folder", self.root / username, exc) from exc
-        return True
-
-    def iter_files(self) -> Iterator[tuple[str, str]]:
-        """``(username, filename)`` of every file the server could have written.
-
-        Anything else in the inbox (an operator's own files) is ignored.
-        """
-        for username in _names(self.root, (), dirs=True):
-            if not _USERNAME_RE.fullmatch(username):
-                continue
-            for name in _names(self.root, (username,), dirs=False):
-                if INBOX_NAME_RE.fullmatch(name):
-                    yield username, name
-
-    def sweep_temp(self) -> int:
-        """Remove temp files left by a crash; return how many. Start-up only."""
-        return _sweep_temp_dir(self.root, (".tmp",))
-
-
-def _check_username(username: str) -> None:
-    if not isinstance(username, str) or not _USERNAME_RE.fullmatch(username):
-        raise ValueError("invalid user name for an inbox folder")

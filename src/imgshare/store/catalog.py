@@ -1,7 +1,7 @@
 """The catalog: users and images, behind a small interface (SQLite now, PostgreSQL later).
 
 ``Catalog`` is what the server and ``imgshare.server.accounts`` code against;
-``SQLiteCatalog`` is the embedded implementation (DESIGN decision 10).
+``SQLiteCatalog`` is the embedded implementation (docs/design.md, decision 10).
 
 SQLite settings and why:
 
@@ -40,12 +40,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from imgshare.errors import ConfigError, StorageError
+from imgshare.errors import ConfigError, QuotaError, StorageError, TryLaterError
 from imgshare.store.blobs import OBJECT_ID_RE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HMAC_SIZE = 32
 #: The kinds of login throttle state (see ``imgshare.server.throttle``).
 THROTTLE_SCOPES = ("account", "address")
@@ -108,6 +108,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             network         TEXT    PRIMARY KEY,
             last_success_ms INTEGER NOT NULL
         ) STRICT, WITHOUT ROWID""",
+    ),
+    (
+        # Uploads in flight, held against their owner's quota and upload places by
+        # whichever process receives them; a lease that its holder renews, so that a
+        # dead process's reservations lapse.
+        """CREATE TABLE uploads_in_flight (
+            id         INTEGER PRIMARY KEY,
+            user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            size       INTEGER NOT NULL CHECK (size >= 0),
+            holder     TEXT    NOT NULL,
+            expires_ms INTEGER NOT NULL
+        ) STRICT""",
+        "CREATE INDEX uploads_in_flight_by_user ON uploads_in_flight (user_id)",
     ),
 )
 
@@ -184,7 +197,7 @@ class Catalog(Protocol):
     def list_users(self) -> list[User]: ...
     def set_password_hash(self, user_id: int, password_hash: str) -> None: ...
     def remove_user(self, name: str, *, purge: bool = False) -> list[DeletedImage]: ...
-    def add_image(self, record: ImageRecord) -> None: ...
+    def add_image(self, record: ImageRecord, *, reservation: int | None = None) -> None: ...
     def get_image(self, image_id: str) -> ImageRecord | None: ...
     def list_images(self, owner_id: int) -> list[ImageRecord]: ...
     def delete_image(self, image_id: str) -> DeletedImage | None: ...
@@ -205,6 +218,13 @@ class Catalog(Protocol):
     def note_login_success(self, network: str, now: int) -> None: ...
     def last_login_success(self, network: str) -> int: ...
     def forget_login_successes(self, before_ms: int) -> int: ...
+    def reserve_upload(
+        self, user_id: int, size: int, *, quota: int, per_user: int, holder: str, expires: int
+    ) -> int: ...
+    def renew_reservations(self, holder: str, expires: int) -> int: ...
+    def release_reservation(self, reservation_id: int) -> None: ...
+    def drop_reservations(self, holder: str) -> int: ...
+    def uploads_in_flight(self, user_id: int) -> int: ...
     def close(self) -> None: ...
 
 
@@ -431,9 +451,11 @@ class SQLiteCatalog:
 
     # -- images ---------------------------------------------------------------------
 
-    def add_image(self, record: ImageRecord) -> None:
-        """Insert an image row (the commit point of an upload). Raises ``StorageError``
-        if the id exists or the owner does not."""
+    def add_image(self, record: ImageRecord, *, reservation: int | None = None) -> None:
+        """Insert an image row (the commit point of an upload) and, in the same
+        transaction, release the upload's ``reservation``: from now on the row counts
+        against the quota. Raises ``StorageError`` if the id exists or the owner
+        does not."""
         values = (
             record.id, record.owner_id, record.name, record.size, record.hmac,
             record.format, record.width, record.height, record.header,
@@ -441,6 +463,8 @@ class SQLiteCatalog:
         )  # fmt: skip
         with self._write("add image") as db:
             db.execute(f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES ({_IMAGE_PARAMS})", values)
+            if reservation is not None:
+                db.execute("DELETE FROM uploads_in_flight WHERE id = ?", (reservation,))
 
     def get_image(self, image_id: str) -> ImageRecord | None:
         """The image row, or ``None``."""
@@ -605,3 +629,66 @@ class SQLiteCatalog:
                 "DELETE FROM login_networks WHERE last_success_ms < ?", (before_ms,)
             )
         return cursor.rowcount
+
+    # -- uploads in flight --------------------------------------------------------------
+
+    def reserve_upload(
+        self, user_id: int, size: int, *, quota: int, per_user: int, holder: str, expires: int
+    ) -> int:
+        """Hold ``size`` bytes of the user's quota (0: none) and one of their
+        ``per_user`` upload places, for ``holder`` until ``expires`` (unix ms, renewed
+        with ``renew_reservations``); return the reservation's id.
+
+        One transaction checks and takes, so uploads in several processes cannot
+        overshoot together; lapsed reservations are dropped first. Raises
+        ``QuotaError``, ``TryLaterError`` (no place left) or ``StorageError``.
+        """
+        with self._write("reserve an upload") as db:
+            db.execute("DELETE FROM uploads_in_flight WHERE expires_ms < ?", (now_ms(),))
+            count, arriving = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM uploads_in_flight WHERE user_id = ?",
+                (user_id,),
+            ).fetchone()
+            if count >= per_user:
+                raise TryLaterError(f"you already have {per_user} uploads in flight", 1.0)
+            if quota:
+                stored = db.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM images WHERE owner_id = ?", (user_id,)
+                ).fetchone()[0]
+                if stored + arriving + size > quota:
+                    raise QuotaError(f"this upload would exceed your quota of {quota} bytes")
+            cursor = db.execute(
+                "INSERT INTO uploads_in_flight (user_id, size, holder, expires_ms) "
+                "VALUES (?, ?, ?, ?)",
+                (user_id, size, holder, expires),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def renew_reservations(self, holder: str, expires: int) -> int:
+        """Extend every reservation of ``holder`` to ``expires``; return how many."""
+        with self._write("renew reservations") as db:
+            cursor = db.execute(
+                "UPDATE uploads_in_flight SET expires_ms = ? WHERE holder = ?", (expires, holder)
+            )
+        return cursor.rowcount
+
+    def release_reservation(self, reservation_id: int) -> None:
+        """The upload ended (stored, when the catalog counts its row, or not)."""
+        with self._write("release a reservation") as db:
+            db.execute("DELETE FROM uploads_in_flight WHERE id = ?", (reservation_id,))
+
+    def drop_reservations(self, holder: str) -> int:
+        """Drop every reservation of ``holder`` (a process that died); return how many."""
+        with self._write("drop reservations") as db:
+            cursor = db.execute("DELETE FROM uploads_in_flight WHERE holder = ?", (holder,))
+        return cursor.rowcount
+
+    def uploads_in_flight(self, user_id: int) -> int:
+        """How many uploads of this user hold a reservation that has not lapsed."""
+        with self._read("count uploads in flight") as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM uploads_in_flight WHERE user_id = ? AND expires_ms >= ?",
+                (user_id, now_ms()),
+            ).fetchone()
+        return int(row[0])

@@ -1,4 +1,4 @@
-"""The start-up sweep: finish off what a crash left half-done.
+"""The sweep: finish off what a crash left half-done, never what is still on its way.
 
 An upload becomes real in this order: object committed, inbox copy committed, catalog
 row committed, receipt sent. A crash anywhere before the row commit leaves temp files
@@ -7,18 +7,28 @@ whose object is missing is a real loss (the disk or an operator removed it): it 
 reported and logged as an error, never deleted silently. A row whose inbox copy is
 missing is normal (operators move inbox files away) and is left alone.
 
-Run it before serving: it would also remove the files of uploads in progress.
+Between an object's commit and its row's there are a few milliseconds in which the
+object has no row; another process (a worker, later another node) may be in exactly
+that gap. So the sweep removes only files older than ``after`` seconds (an hour by
+default): no upload takes that long between those two steps. Temp files get the same
+bound. At start-up under the data-folder lock (``exclusive``), when nothing else can
+be writing, it removes every leftover, whatever its age.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
-from imgshare.store.blobs import BlobStore, Inbox
+from imgshare.store.blobs import BlobStore
 from imgshare.store.catalog import Catalog
+from imgshare.store.copies import Inbox
 
 log = logging.getLogger(__name__)
+
+#: Files without a catalog row younger than this are left alone (seconds).
+DEFAULT_SWEEP_AFTER = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,30 +51,39 @@ class SweepReport:
         )
 
 
-def sweep(blobs: BlobStore, inbox: Inbox | None, catalog: Catalog) -> SweepReport:
-    """Remove temp files and files with no catalog row; report rows with no object.
+def sweep(
+    blobs: BlobStore,
+    inbox: Inbox,
+    catalog: Catalog,
+    *,
+    after: float = DEFAULT_SWEEP_AFTER,
+    exclusive: bool = False,
+) -> SweepReport:
+    """Remove temp files and files with no catalog row that are older than ``after``
+    seconds (all of them when ``exclusive``: nothing else writes to the store now);
+    report rows with no object.
 
-    ``inbox`` may be ``None`` when inbox copies are turned off. Raises
-    ``StorageError`` if the data folder or the catalog cannot be read.
+    ``inbox`` is swept even when new copies are turned off. Raises ``StorageError``
+    if the data folder or the catalog cannot be read.
     """
-    temp = blobs.sweep_temp() + (inbox.sweep_temp() if inbox is not None else 0)
+    before = None if exclusive else time.time() - after
+    temp = blobs.sweep_temp(before) + inbox.sweep_temp(before)
+    # Files first, rows second: a row committed in between only makes a file "known".
+    old_objects = set(blobs.iter_ids(before))
+    old_inbox_files = set(inbox.iter_files(before))
     known_ids = catalog.image_ids()
-    stored_ids = set(blobs.iter_ids())
 
-    orphans = sorted(stored_ids - known_ids)
+    orphans = sorted(old_objects - known_ids)
     for object_id in orphans:
         log.warning("sweep: removing object %s, which has no catalog row", object_id)
         blobs.delete(object_id)
 
-    inbox_orphans: list[tuple[str, str]] = []
-    if inbox is not None:
-        known_files = catalog.inbox_names()
-        inbox_orphans = sorted(set(inbox.iter_files()) - known_files)
-        for username, filename in inbox_orphans:
-            log.warning("sweep: removing inbox file %s/%s, which has no row", username, filename)
-            inbox.delete(username, filename)
+    inbox_orphans = sorted(old_inbox_files - catalog.inbox_names())
+    for username, filename in inbox_orphans:
+        log.warning("sweep: removing inbox file %s/%s, which has no row", username, filename)
+        inbox.delete(username, filename)
 
-    missing = sorted(known_ids - stored_ids)
+    missing = sorted(known_ids - set(blobs.iter_ids()))
     for object_id in missing:
         log.error("sweep: image %s is in the catalog but its object is missing", object_id)
 
