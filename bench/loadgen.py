@@ -12,6 +12,11 @@ the harness can warm memory right before the start: the worker answers
 ``{"armed": true}`` when its threads wait, then starts on the line ``go`` and answers
 with the results. Times are ``time.monotonic()`` (system-wide on Linux), so the
 harness can measure every upload from its own ``go`` instant.
+
+An imgshare pool may live on another port than ``--imgshare-port`` (``open``'s
+``port``: a second server instance). The library client retries a request the server
+answers TRY_LATER; ``open``, ``ping`` and ``upload`` report how many such answers
+came (``try_later``), counted from the client's "server busy" log records.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import logging
 import resource
 import socket
 import ssl
@@ -76,6 +82,27 @@ class NginxClient:
         self.conn.close()
 
 
+class BusyCounter(logging.Handler):
+    """Counts the client's "server busy, retrying" records (TRY_LATER answers)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("server busy"):
+            self.count += 1  # Handler.handle holds the handler's lock
+
+    @classmethod
+    def install(cls) -> BusyCounter:
+        counter = cls()
+        client_log = logging.getLogger("imgshare.client.session")
+        client_log.setLevel(logging.INFO)
+        client_log.propagate = False
+        client_log.addHandler(counter)
+        return counter
+
+
 class Worker:
     def __init__(self, imgshare_port: int, nginx_port: int, ca: Path) -> None:
         self.imgshare_port = imgshare_port
@@ -84,12 +111,14 @@ class Worker:
         self.verifier = ca_verifier([pki.load_certificate(ca)], HOST)
         self.pools: dict[str, list[Any]] = {}
         self.logins: dict[str, list[tuple[str, str]]] = {}
+        self.ports: dict[str, int] = {}  # imgshare pools on another port than the default
+        self.busy = BusyCounter.install()
 
     # -- connections -------------------------------------------------------------
 
-    def _session(self, user: str, password: str) -> ClientSession:
+    def _session(self, user: str, password: str, port: int | None = None) -> ClientSession:
         session = ClientSession.connect(
-            HOST, self.imgshare_port, self.context, verifier=self.verifier, timeout=300
+            HOST, port or self.imgshare_port, self.context, verifier=self.verifier, timeout=300
         )
         try:
             session.login(user, password)
@@ -99,17 +128,21 @@ class Worker:
         return session
 
     def op_open(
-        self, pool: str, system: str, logins: list[list[str]], threads: int
+        self, pool: str, system: str, logins: list[list[str]], threads: int, port: int = 0
     ) -> dict[str, Any]:
-        """Open one connection per login (imgshare: connected and logged in)."""
+        """Open one connection per login (imgshare: connected and logged in, on ``port``
+        if given)."""
         start = time.monotonic()
+        busy = self.busy.count
         errors: Counter[str] = Counter()
+        port = port or self.imgshare_port
+        self.ports[pool] = port
 
         def one(login: list[str]) -> Any:
             try:
                 if system == "nginx":
                     return NginxClient(self.nginx_port, self.context)
-                return self._session(login[0], login[1])
+                return self._session(login[0], login[1], port)
             except Exception as exc:
                 errors[_reason(exc)] += 1
                 return None
@@ -123,12 +156,15 @@ class Worker:
             "failed": sum(item is None for item in opened),
             "seconds": time.monotonic() - start,
             "errors": dict(errors.most_common(5)),
+            "try_later": self.busy.count - busy,
         }
 
     def op_ping(self, pool: str, reconnect: bool, threads: int = 16) -> dict[str, Any]:
         """Check each connection with a cheap request; optionally replace dead ones."""
         items = self.pools.get(pool, [])
         logins = self.logins.get(pool, [])
+        port = self.ports.get(pool)
+        busy = self.busy.count
         errors: Counter[str] = Counter()
         replaced = 0
 
@@ -153,7 +189,7 @@ class Worker:
                         if isinstance(item, NginxClient) or (item is None and not logins):
                             items[index] = NginxClient(self.nginx_port, self.context)
                         else:
-                            items[index] = self._session(*logins[index])
+                            items[index] = self._session(*logins[index], port)
                         replaced += 1
                     except Exception as again:
                         errors["reconnect " + _reason(again)] += 1
@@ -166,6 +202,7 @@ class Worker:
             "total": len(items),
             "replaced": replaced,
             "errors": dict(errors.most_common(5)),
+            "try_later": self.busy.count - busy,
         }
 
     def op_close(self, pool: str) -> dict[str, Any]:
@@ -173,6 +210,7 @@ class Worker:
             if item is not None:
                 item.close()
         self.logins.pop(pool, None)
+        self.ports.pop(pool, None)
         return {"closed": True}
 
     # -- timed work: arm, wait for "go", run ---------------------------------------
@@ -206,11 +244,12 @@ class Worker:
         if line != "go":
             release.set()
             raise RuntimeError(f"expected 'go', got {line!r}")
+        busy = self.busy.count
         go = time.monotonic()
         release.set()
         for thread in workers:
             thread.join()
-        return {"go": go, "results": results}
+        return {"go": go, "results": results, "try_later": self.busy.count - busy}
 
     def op_upload(self, pool: str, files: list[str]) -> dict[str, Any]:
         """Every connection of ``pool`` uploads one file (round-robin over ``files``)."""

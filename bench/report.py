@@ -44,8 +44,8 @@ def _goal(
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The goals of issue 5, checked against this run (warm medians)."""
     s = results.get("scenarios", {})
-    big, photos, held, sessions = (
-        s.get(k, {}) for k in ("big_image", "photos", "held", "sessions")
+    big, photos, held, sessions, workers = (
+        s.get(k, {}) for k in ("big_image", "photos", "held", "sessions", "photos_workers")
     )
     goals = []
     goals.append(_goal(
@@ -80,6 +80,16 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         _get(photos, "figures", "warm", "imgshare", "p99_over_p50", "median"), 3.0, False,
         _get(photos, "figures", "cold", "imgshare", "p99_over_p50", "median"),
     ))  # fmt: skip
+    goals.append(_goal(
+        "photos_cpu", "photos: imgshare server CPU per image <= 3 x nginx's",
+        _get(photos, "ratios", "warm", "cpu_per_image_vs_nginx"), 3.0, False,
+        _get(photos, "ratios", "cold", "cpu_per_image_vs_nginx"),
+    ))  # fmt: skip
+    goals.append(_goal(
+        "photos_workers", "photos: --workers 2 not slower than --workers 1",
+        _get(workers, "ratios", "warm", "images_2_vs_1"), 1.0, True,
+        _get(workers, "ratios", "cold", "images_2_vs_1"),
+    ))  # fmt: skip
     target = held.get("held_target")
     goals.append(_goal(
         "held_held", f"held: {target} of {target} sessions held (worst run)",
@@ -98,7 +108,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     peak = max((p for p in peaks if p is not None), default=None)
     goals.append(_goal(
-        "held_rss", "held: server RSS <= 400 MiB (peak)",
+        "held_rss", "held: RSS of all server processes together <= 400 MiB (peak)",
         peak / MIB if peak is not None else None, 400, False,
         _scale(_get(held, "figures", "cold", "imgshare", "rss_peak", "max")), "MiB",
     ))  # fmt: skip
@@ -130,6 +140,14 @@ def _triple(summary: dict[str, Any] | None, scale: float = 1.0, digits: int = 1)
     return f"{med:.{digits}f} [{low:.{digits}f}-{high:.{digits}f}]"
 
 
+CLI_LABELS = {
+    "imgshare_send": "imgshare send (4 MB photo)",
+    "curl_put": "curl PUT (same photo)",
+    "imgshare_list": "imgshare list",
+    "curl_get": "curl GET (1 KiB)",
+}
+
+
 def figure_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(scenario, figure, warm median [min-max], cold median [min-max]) rows."""
     rows: list[tuple[str, str, str, str]] = []
@@ -154,6 +172,13 @@ def figure_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("photos", f"{system} p99 s", (system, "p99"), 1.0, 2)
         add("photos", f"{system} succeeded", (system, "ok"), 1.0, 0)
         add("photos", f"{system} server RSS peak MiB", (system, "rss_peak"), MIB, 0)
+        add("photos", f"{system} server CPU ms/image", (system, "cpu_ms_per_image"))
+    for system in ("workers_1", "workers_2"):
+        add("photos_workers", f"{system} images/s", (system, "images_s"))
+        add("photos_workers", f"{system} p99 s", (system, "p99"), 1.0, 2)
+        add("photos_workers", f"{system} succeeded", (system, "ok"), 1.0, 0)
+        add("photos_workers", f"{system} server CPU ms/image", (system, "cpu_ms_per_image"))
+        add("photos_workers", f"{system} server RSS peak MiB", (system, "rss_peak"), MIB, 0)
     add("held", "sessions held after uploads", ("imgshare", "held"), 1.0, 0)
     add("held", "uploads succeeded", ("imgshare", "ok"), 1.0, 0)
     add("held", "upload p50 s", ("imgshare", "p50"), 1.0, 2)
@@ -162,6 +187,12 @@ def figure_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for kind in ("nginx_tls", "imgshare_tls", "imgshare_app", "imgshare_login"):
         add("sessions", f"{kind} per s", (kind, "per_s"))
         add("sessions", f"{kind} p50 ms", (kind, "p50"), 1e-3, 1)
+    for command, label in CLI_LABELS.items():
+        add("cli", f"{label} s", (command, "seconds"), 1.0, 3)
+    for command, label in CLI_LABELS.items():
+        add("cli", f"{label} CPU s", (command, "cpu_s"), 1.0, 3)
+    add("cli", "send / curl PUT (per run) x", ("send_vs_curl_put", "x"), 1.0, 2)
+    add("cli", "list / curl GET (per run) x", ("list_vs_curl_get", "x"), 1.0, 2)
     return [row for row in rows if row[2] != "-" or row[3] != "-"]
 
 
@@ -171,6 +202,13 @@ def print_table(results: dict[str, Any], goals: list[dict[str, Any]]) -> None:
         f"imgshare benchmark ({results['mode']}), commit {results['git']['commit'][:10]}"
         f"{' (dirty)' if results['git']['dirty'] else ''}, {results['machine']['cores']} cores,"
         f" {results['versions']['nginx']}"
+    )
+    server = results.get("server", {})
+    print(
+        f"imgshare: {server.get('workers', '?')} worker processes, listen mode"
+        f" {server.get('listen_mode', 'shared')}"
+        f"{'' if server.get('listen_mode_set') else ' (default)'};"
+        " server RSS and CPU: all its processes"
     )
     print("figures: median [min-max] of the runs")
     rows = figure_rows(results)
@@ -190,17 +228,24 @@ def print_table(results: dict[str, Any], goals: list[dict[str, Any]]) -> None:
             f"  {verdict}  {goal['goal']}: {value} {goal['unit']}{cold}"
             f"  [{op} {_fmt(goal['limit'], 2)}]"
         )
-    problems = results.get("server", {}).get("log", {})
-    if problems.get("lines"):
+    cli = _get(results, "scenarios", "cli", "ratios", "warm") or {}
+    if cli:
         print(
-            f"\nimgshare server log: {problems['lines']} warning/error lines, {problems['levels']}"
+            "command line (no goal): imgshare send / curl PUT "
+            f"{_fmt(cli.get('send_vs_curl_put'), 2)} x, imgshare list / curl GET "
+            f"{_fmt(cli.get('list_vs_curl_get'), 2)} x (medians)"
         )
-        for line in problems["first"][:5]:
-            print(f"  {line[:160]}")
-    print(
-        f"\nserver exit code {results.get('server', {}).get('exit_code')},"
-        f" run took {results.get('duration_s', 0):.0f} s"
-    )
+    servers = {"imgshare server": results.get("server", {})}
+    for name, extra in (results.get("extra_servers") or {}).items():
+        servers[f"imgshare server {name}"] = extra
+    for name, info in servers.items():
+        problems = info.get("log") or {}
+        if problems.get("lines"):
+            print(f"\n{name} log: {problems['lines']} warning/error lines, {problems['levels']}")
+            for line in problems["first"][:5]:
+                print(f"  {line[:160]}")
+    exits = ", ".join(f"{name} {info.get('exit_code')}" for name, info in servers.items())
+    print(f"\nexit codes: {exits}; run took {results.get('duration_s', 0):.0f} s")
 
 
 def write_json(path: Path, results: dict[str, Any]) -> None:
@@ -214,7 +259,9 @@ def chart(results: dict[str, Any], goals: list[dict[str, Any]], path: Path) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ratio_ids = ("big_vs_nginx", "big_vs_raw", "photos_vs_nginx", "sessions_vs_nginx")
+    ratio_ids = (
+        "big_vs_nginx", "big_vs_raw", "photos_vs_nginx", "photos_workers", "sessions_vs_nginx",
+    )  # fmt: skip
     labels = {
         "big_vs_nginx": "big image\nvs nginx",
         "big_vs_raw": "big image\nvs raw TLS",
@@ -222,10 +269,12 @@ def chart(results: dict[str, Any], goals: list[dict[str, Any]], path: Path) -> N
         "sessions_vs_nginx": "sessions/s\nvs nginx",
         "big_rss": "big image\nRSS growth",
         "photos_tail": "photos\np99 / p50",
+        "photos_workers": "photos/s\n-w 2 vs -w 1",
+        "photos_cpu": "photos CPU/img\nvs nginx",
         "held_rss": "held\nserver RSS",
     }
     by_id = {g["id"]: g for g in goals}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [4, 3]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [5, 4]})
     _panel(
         left,
         [by_id[i] for i in ratio_ids if i in by_id],
@@ -236,7 +285,7 @@ def chart(results: dict[str, Any], goals: list[dict[str, Any]], path: Path) -> N
         lambda g: g["limit"],
     )
     left.set_title("Throughput ratios (higher is better; line = goal)")
-    bounded = [by_id[i] for i in ("big_rss", "photos_tail", "held_rss") if i in by_id]
+    bounded = [by_id[i] for i in ("big_rss", "photos_tail", "photos_cpu", "held_rss") if i in by_id]
     _panel(
         right,
         bounded,

@@ -1,8 +1,10 @@
 """imgshare benchmark harness: ``python -m bench.run [--quick]`` (``make bench``).
 
 Starts everything it needs itself, in a temporary folder on the same disk as the
-data: our server (default settings), nginx (HTTPS, PUT to disk), a raw TLS 1.3
-receiver, and load-generator processes; runs the scenarios of docs/performance.md;
+data: our server (default settings: a supervisor and one worker process per CPU;
+``--listen-mode`` to choose how the workers listen), nginx (HTTPS, PUT to disk), a raw
+TLS 1.3 receiver, and load-generator processes; runs the scenarios of
+docs/performance.md (``photos_workers`` starts two more servers of its own);
 prints a table, writes ``bench/results/latest.json`` and (full run) the chart
 ``docs/performance.png``. Everything it started is stopped at the end, also on
 Ctrl-C or failure.
@@ -25,7 +27,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from bench import images, nginx, report, scenarios, util
 
@@ -52,6 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--chart", type=Path, help="write the chart here (full run: docs/)")
     parser.add_argument("--workers", type=int, help="load-generator processes (default 2)")
+    parser.add_argument(
+        "--listen-mode",
+        choices=LISTEN_MODES,
+        help="imgshare's listen_mode (IMGSHARE_LISTEN_MODE): one listening socket shared by"
+        " the workers, or one SO_REUSEPORT socket each [default: the server's, shared]",
+    )
     return parser.parse_args(argv)
 
 
@@ -75,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     children = util.Children()
     root = Path(tempfile.mkdtemp(prefix="imgshare-bench-", dir="/var/tmp"))
     try:
-        results = run(config, selected, root, children)
+        results = run(config, selected, root, children, args.listen_mode)
     except KeyboardInterrupt:
         print("bench: interrupted; stopping everything", file=sys.stderr)
         return 130
@@ -91,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for path in (RESULTS / "latest.json", RESULTS / f"{config.mode}.json"):
         report.write_json(path, results)
-    chart = args.chart or (CHART if config.mode == "full" and len(selected) == 4 else None)
+    everything = len(selected) == len(scenarios.SCENARIOS)
+    chart = args.chart or (CHART if config.mode == "full" and everything else None)
     if chart is not None:
         report.chart(results, goals, chart)
         print(f"chart: {chart}")
@@ -100,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(
-    config: scenarios.Config, selected: list[str], root: Path, children: util.Children
+    config: scenarios.Config,
+    selected: list[str],
+    root: Path,
+    children: util.Children,
+    listen_mode: str | None = None,
 ) -> dict[str, Any]:
     started = time.time()
     print(f"bench: {config.mode} run in {root}", flush=True)
@@ -123,12 +136,9 @@ def run(
 
     ports = {name: util.free_port() for name in ("imgshare", "nginx", "raw")}
     server_log = (root / "imgshare.log").open("w")
-    server = children.start(
-        "imgshare serve",
-        [str(imgshare), "serve", "--data", str(data), "--port", str(ports["imgshare"]),
-         "--log-level", "warning"],
-        stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, **SERVER_SETTINGS},
-    )  # fmt: skip
+    server = _start_imgshare(
+        children, "imgshare serve", imgshare, data, ports["imgshare"], server_log, listen_mode
+    )
     prefix = root / "nginx"
     config_file = nginx.write_config(
         prefix, ports["nginx"], certs / "server.pem", certs / "server.key"
@@ -160,6 +170,33 @@ def run(
         if server.poll() is not None:
             raise RuntimeError(f"imgshare server exited with {server.returncode}; see its log")
 
+    extra_servers: dict[str, Any] = {}
+
+    def start_server(name: str, workers: int) -> scenarios.ExtraServer:
+        """Another imgshare server: own data folder (same CA and users), port and log."""
+        folder = root / f"data-{name}"
+        folder.mkdir(mode=0o700)
+        shutil.copytree(certs, folder / "certs")
+        _add_users(folder, config)
+        port = util.free_port()
+        log_path = root / f"imgshare-{name}.log"
+        with log_path.open("w") as log:
+            proc = _start_imgshare(
+                children, f"imgshare serve ({name})", imgshare, folder, port, log, listen_mode,
+                workers=workers,
+            )  # fmt: skip
+        util.wait_for_port(port, 30, proc)
+        return scenarios.ExtraServer(name, workers, port, folder, proc, log_path)
+
+    def stop_server(extra: scenarios.ExtraServer) -> dict[str, Any]:
+        findings = {
+            "workers": extra.workers,
+            "exit_code": children.stop(extra.proc),
+            "log": _log_findings(extra.log),
+        }
+        extra_servers[extra.name] = findings
+        return findings
+
     bench = scenarios.Bench(
         config=config,
         root=root,
@@ -169,6 +206,8 @@ def run(
         big_file=big_file,
         photo_files=photo_files,
         imgshare_pid=server.pid,
+        imgshare_port=ports["imgshare"],
+        imgshare=imgshare,
         nginx_pids=lambda: nginx.worker_pids(nginx_proc.pid),
         nginx_port=ports["nginx"],
         raw_port=ports["raw"],
@@ -177,8 +216,11 @@ def run(
         password=PASSWORD,
         login_password=LOGIN_PASSWORD,
         check_alive=check_alive,
+        start_server=start_server,
+        stop_server=stop_server,
         log=lambda line: print(line, flush=True),
     )
+    server_pids = bench.server_pids("imgshare")
     results: dict[str, Any] = {
         "mode": config.mode,
         "config": dataclasses.asdict(config),
@@ -194,8 +236,20 @@ def run(
             "client": "bench.loadgen: Python threads, blocking TLS sockets, 256 KiB pieces",
         },
         "scenarios": {},
-        "server": {"rss_start": util.rss_bytes([server.pid])},
+        "server": {
+            "listen_mode": listen_mode or "shared",
+            "listen_mode_set": listen_mode is not None,  # else the server's default
+            "workers": len(server_pids()) - 1,  # worker processes (default: one per CPU)
+            "rss_start": util.rss_bytes(server_pids()),
+        },
+        "extra_servers": extra_servers,
     }
+    print(
+        f"bench: imgshare runs {results['server']['workers']} worker processes,"
+        f" listen mode {results['server']['listen_mode']}"
+        f"{'' if listen_mode else ' (default)'}",
+        flush=True,
+    )
     for name in selected:
         begin = time.monotonic()
         try:
@@ -207,7 +261,7 @@ def run(
                 break
         results["scenarios"].setdefault(name, {})["duration_s"] = time.monotonic() - begin
         print(f"  ({name}: {time.monotonic() - begin:.0f} s)", flush=True)
-    results["server"]["rss_end"] = util.rss_bytes([server.pid])
+    results["server"]["rss_end"] = util.rss_bytes(server_pids())
     for worker in workers:
         children.stop(worker.proc)
     results["server"]["exit_code"] = children.stop(server)
@@ -240,10 +294,37 @@ SERVER_SETTINGS = {
     "IMGSHARE_MAX_UPLOADS_PER_USER": "256",
     "IMGSHARE_UPLOAD_MEMORY": str(1024 * 1024 * 1024),
 }
+#: Settings the harness chooses itself: never inherited from the caller's environment.
+HARNESS_SETTINGS = ("IMGSHARE_WORKERS", "IMGSHARE_LISTEN_MODE")
+LISTEN_MODES = ("shared", "reuseport")
+
+
+def _start_imgshare(
+    children: util.Children,
+    name: str,
+    imgshare: Path,
+    data: Path,
+    port: int,
+    log: IO[str],
+    listen_mode: str | None,
+    workers: int | None = None,
+) -> subprocess.Popen[Any]:
+    """``imgshare serve`` on ``data`` and ``port``: default workers (one per CPU) unless
+    ``workers``, the server's listen mode unless ``listen_mode``."""
+    env = {k: v for k, v in os.environ.items() if k not in HARNESS_SETTINGS}
+    env.update(SERVER_SETTINGS)
+    if listen_mode is not None:
+        env["IMGSHARE_LISTEN_MODE"] = listen_mode
+    argv = [str(imgshare), "serve", "--data", str(data), "--port", str(port),
+            "--log-level", "warning"]  # fmt: skip
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    return children.start(name, argv, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def _add_users(data: Path, config: scenarios.Config) -> None:
-    """Bench users with a cheap hash; ``login`` with the server's default argon2id."""
+    """Bench users with a cheap hash; ``login`` and ``cli`` with the server's default
+    argon2id."""
     from argon2 import PasswordHasher
 
     from imgshare.server import open_catalog
@@ -257,6 +338,7 @@ def _add_users(data: Path, config: scenarios.Config) -> None:
         for name in names:
             cheap.add_user(name, PASSWORD)
         Accounts(catalog).add_user("login", LOGIN_PASSWORD)
+        Accounts(catalog).add_user(scenarios.CLI_USER, LOGIN_PASSWORD)
 
 
 def _machine() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The four scenarios: big image, photos, held connections, new sessions.
+"""The scenarios: big image, photos, held connections, new sessions, photos with one
+and two server workers, and the command-line client timed as whole processes.
 
 Each timed run is preceded by either ``warm_memory`` (a scratch file of
 ``WARM_FACTOR`` x the payload, written and deleted right before) or a cold pause,
@@ -6,11 +7,17 @@ and the systems take turns run by run (A B C, then B C A, ...), so that slow dri
 of the VM hits every system alike. Every upload is deleted again after its run
 (imgshare's files from the data folder behind the server's back, nginx's from its
 folder), so the disk and the page cache look the same to every run.
+
+A server is all its processes: imgshare's supervisor and its workers (named again at
+every sample, since a worker may be replaced), nginx's master and its workers. Their
+RSS is summed, and their CPU time over a timed run is counted (``util.RssSampler``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
 import select
 import subprocess
 import time
@@ -40,6 +47,7 @@ class Config:
     session_threads: int
     login_threads: int = 2  # per worker: the server hashes 2 passwords at a time
     workers: int = 2
+    cli_runs: int = 5
 
     @classmethod
     def full(cls) -> Config:
@@ -97,6 +105,22 @@ class WorkerHandle:
 
 
 @dataclass
+class ExtraServer:
+    """An imgshare server started by a scenario (own data folder, port and log)."""
+
+    name: str
+    workers: int
+    port: int
+    data: Path
+    proc: subprocess.Popen[Any]
+    log: Path
+
+    def pids(self) -> list[int]:
+        """The supervisor and its workers, now."""
+        return util.process_tree(self.proc.pid)
+
+
+@dataclass
 class Bench:
     """Everything a scenario needs: settings, folders, processes and their ports."""
 
@@ -107,7 +131,9 @@ class Bench:
     ca: Path
     big_file: Path
     photo_files: list[Path]
-    imgshare_pid: int
+    imgshare_pid: int  # the supervisor; its workers are found at each sample
+    imgshare_port: int
+    imgshare: Path  # the command
     nginx_pids: Callable[[], list[int]]
     nginx_port: int
     raw_port: int
@@ -116,6 +142,9 @@ class Bench:
     password: str
     login_password: str
     check_alive: Callable[[], None]
+    #: Start another imgshare server (name, --workers) / stop it: {"exit_code", "log"}.
+    start_server: Callable[[str, int], ExtraServer]
+    stop_server: Callable[[ExtraServer], dict[str, Any]]
     log: Callable[[str], None] = print
 
     # -- helpers ---------------------------------------------------------------------
@@ -127,9 +156,10 @@ class Bench:
         util.cold_pause()
         return 0.0
 
-    def clear_uploads(self) -> None:
-        """Delete the images of earlier runs, for both systems."""
-        for folder in (self.data / "objects", self.data / "inbox"):
+    def clear_uploads(self, *data: Path) -> None:
+        """Delete the images of earlier runs, for both systems (and more data folders)."""
+        folders = [folder / name for folder in (self.data, *data) for name in ("objects", "inbox")]
+        for folder in folders:
             if folder.is_dir():
                 for path in folder.rglob("*"):
                     if path.is_file():
@@ -138,48 +168,66 @@ class Bench:
             if path.is_file():
                 path.unlink()
 
-    def server_pids(self, system: str) -> list[int]:
+    def server_pids(self, system: str) -> Callable[[], list[int]]:
+        """Names a server's processes when called (for each RSS and CPU sample)."""
         if system == "imgshare":
-            return [self.imgshare_pid]
+            return lambda: util.process_tree(self.imgshare_pid)
         if system == "nginx":
-            return self.nginx_pids()
-        return [self.raw_pid]
+            return self.nginx_pids
+        return lambda: [self.raw_pid]
 
     def split(self, items: Sequence[Any]) -> list[list[Any]]:
         """Deal ``items`` to the workers round-robin."""
         count = len(self.workers)
         return [list(items[i::count]) for i in range(count)]
 
-    def open_pool(self, pool: str, system: str, logins: Sequence[list[str]]) -> dict[str, Any]:
+    def open_pool(
+        self, pool: str, system: str, logins: Sequence[list[str]], port: int = 0
+    ) -> dict[str, Any]:
+        """Open ``pool`` in every worker (imgshare: on ``port``, default the main server)."""
         answers = []
         for worker, part in zip(self.workers, self.split(logins), strict=True):
-            worker.send("open", pool=pool, system=system, logins=part, threads=8)
+            worker.send("open", pool=pool, system=system, logins=part, threads=8, port=port)
         for worker in self.workers:
             answers.append(worker._read())
-        return _merge(answers, ("opened", "failed"), "seconds")
+        return _merge(answers, ("opened", "failed", "try_later"), "seconds")
 
     def ping_pool(self, pool: str, reconnect: bool) -> dict[str, Any]:
         for worker in self.workers:
             worker.send("ping", pool=pool, reconnect=reconnect)
-        return _merge([w._read() for w in self.workers], ("alive", "total", "replaced"), None)
+        return _merge(
+            [w._read() for w in self.workers], ("alive", "total", "replaced", "try_later"), None
+        )
 
     def close_pool(self, pool: str) -> None:
         for worker in self.workers:
             worker.call("close", pool=pool)
 
     def timed_upload(
-        self, pool: str, files: Sequence[Path], temp: str, payload: int, system: str
+        self,
+        pool: str,
+        files: Sequence[Path],
+        temp: str,
+        payload: int,
+        system: str,
+        pids: Callable[[], list[int]] | None = None,
     ) -> dict[str, Any]:
-        """All connections of ``pool`` upload at once; latencies from the common start."""
+        """All connections of ``pool`` upload at once; latencies from the common start.
+
+        The server's RSS and CPU are sampled over the run: ``system``'s processes, or
+        those ``pids`` names (a server a scenario started)."""
         for worker in self.workers:
             worker.arm("upload", pool=pool, files=[str(f) for f in files])
         self.prepare(temp, payload)
-        with util.RssSampler(self.server_pids(system)) as rss:
+        with util.RssSampler(pids or self.server_pids(system)) as rss:
             go = time.monotonic()
             for worker in self.workers:
                 worker.go()
-            results = [r for w in self.workers for r in w.result()["results"]]
-        return _upload_figures(results, go, rss)
+            answers = [w.result() for w in self.workers]
+        results = [r for answer in answers for r in answer["results"]]
+        figures = _upload_figures(results, go, rss)
+        figures["try_later"] = sum(answer.get("try_later", 0) for answer in answers)
+        return figures
 
 
 def _merge(
@@ -218,6 +266,10 @@ def _upload_figures(
         "rss_before": rss.before,
         "rss_peak": rss.peak,
         "rss_growth": rss.growth,
+        "server_processes": rss.processes,
+        "server_cpu_s": rss.cpu_seconds,
+        # CPU of all the server's processes over the run, per image it stored
+        "cpu_ms_per_image": rss.cpu_seconds * 1000 / len(ok) if ok else None,
         "errors": errors,
     }
 
@@ -367,55 +419,43 @@ def _big_curl(bench: Bench, temp: str, size: int) -> dict[str, Any]:
 # -- scenario 2: many photos at once --------------------------------------------------------
 
 
+PHOTO_FIGURES = (
+    "ok", "images_s", "mb_s", "p50", "p99", "seconds", "rss_peak", "rss_growth",
+    "server_cpu_s", "cpu_ms_per_image", "try_later",
+)  # fmt: skip
+
+
 def photos(bench: Bench) -> dict[str, Any]:
     cfg = bench.config
     files = bench.photo_files
-    payload = sum(files[i % len(files)].stat().st_size for i in range(cfg.photos))
+    payload = _photo_payload(bench)
     bench.log(
         f"photos: {cfg.photos} clients x ~{payload / cfg.photos / MB:.1f} MB JPEG, "
         f"{cfg.runs} runs x {'/'.join(cfg.temps)}"
     )
-    logins = [[f"photo{i % cfg.photo_users:02d}", bench.password] for i in range(cfg.photos)]
-    opened = bench.open_pool("photos", "imgshare", logins)
-    bench.log(f"  imgshare: {opened['opened']} sessions logged in in {opened['seconds']:.1f} s")
+    opened = bench.open_pool("photos", "imgshare", _photo_logins(bench))
+    bench.log(
+        f"  imgshare: {opened['opened']} sessions logged in in {opened['seconds']:.1f} s"
+        + (f"  TRY_LATER answers {opened['try_later']}" if opened["try_later"] else "")
+    )
     opened_nginx = bench.open_pool("photos_nginx", "nginx", [["", ""]] * cfg.photos)
     bench.log(f"  nginx: {opened_nginx['opened']} connections")
     pools = {"imgshare": "photos", "nginx": "photos_nginx"}
     systems = ("imgshare", "nginx")
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        t: {s: [] for s in systems} for t in cfg.temps
-    }
-    for run in range(cfg.runs):
-        for temp in cfg.temps:
-            for system in _rotate(systems, run):
-                bench.clear_uploads()
-                bench.ping_pool(pools[system], reconnect=True)
-                figures = bench.timed_upload(pools[system], files, temp, payload, system)
-                runs[temp][system].append(figures)
-                bench.log(
-                    f"  run {run + 1} {temp:4} {system:8} {figures['ok']:4}/{figures['count']}"
-                    f" ok {figures['images_s']:7.1f} img/s {figures['mb_s']:7.1f} MB/s"
-                    f" p50 {figures['p50']:.2f} s p99 {figures['p99']:.2f} s"
-                    f"  RSS peak {figures['rss_peak'] / util.MIB:.0f} MiB"
-                    + (f"  errors {figures['errors']}" if figures["errors"] else "")
-                )
-    bench.clear_uploads()
+    runs = _photo_runs(bench, systems, pools, {}, payload)
     bench.close_pool("photos_nginx")
     bench.close_pool("photos")
     bench.check_alive()
-    names = ("ok", "images_s", "mb_s", "p50", "p99", "seconds", "rss_peak", "rss_growth")
-    summary = _collect(runs, names)
-    for temp in cfg.temps:
-        for system in systems:
-            items = runs[temp][system]
-            summary[temp][system]["p99_over_p50"] = util.summary(
-                [i["p99"] / i["p50"] for i in items if i["ok"] and i["p50"] > 0]
-            )
+    summary = _photo_summary(runs, systems, cfg.temps)
     ratios = {
         temp: {
             "images_vs_nginx": _ratio(
                 summary[temp]["imgshare"]["images_s"]["median"],
                 summary[temp]["nginx"]["images_s"]["median"],
+            ),
+            "cpu_per_image_vs_nginx": _ratio(
+                summary[temp]["imgshare"]["cpu_ms_per_image"]["median"],
+                summary[temp]["nginx"]["cpu_ms_per_image"]["median"],
             ),
         }
         for temp in cfg.temps
@@ -432,6 +472,144 @@ def photos(bench: Bench) -> dict[str, Any]:
     }
 
 
+def _photo_payload(bench: Bench) -> int:
+    files = bench.photo_files
+    return sum(files[i % len(files)].stat().st_size for i in range(bench.config.photos))
+
+
+def _photo_logins(bench: Bench) -> list[list[str]]:
+    cfg = bench.config
+    return [[f"photo{i % cfg.photo_users:02d}", bench.password] for i in range(cfg.photos)]
+
+
+def _photo_runs(
+    bench: Bench,
+    systems: Sequence[str],
+    pools: dict[str, str],
+    servers: dict[str, ExtraServer],
+    payload: int,
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The timed photo bursts, systems taking turns; ``servers``: started by a scenario."""
+    cfg = bench.config
+    extra_data = [server.data for server in servers.values()]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        t: {s: [] for s in systems} for t in cfg.temps
+    }
+    for run in range(cfg.runs):
+        for temp in cfg.temps:
+            for system in _rotate(systems, run):
+                bench.clear_uploads(*extra_data)
+                bench.ping_pool(pools[system], reconnect=True)
+                server = servers.get(system)
+                figures = bench.timed_upload(
+                    pools[system],
+                    bench.photo_files,
+                    temp,
+                    payload,
+                    "nginx" if system == "nginx" else "imgshare",
+                    pids=server.pids if server is not None else None,
+                )
+                runs[temp][system].append(figures)
+                cpu = figures["cpu_ms_per_image"]
+                bench.log(
+                    f"  run {run + 1} {temp:4} {system:9} {figures['ok']:4}/{figures['count']}"
+                    f" ok {figures['images_s']:7.1f} img/s {figures['mb_s']:7.1f} MB/s"
+                    f" p50 {figures['p50']:.2f} s p99 {figures['p99']:.2f} s"
+                    f"  RSS peak {figures['rss_peak'] / util.MIB:.0f} MiB"
+                    f" ({figures['server_processes']} proc)"
+                    f"  CPU {'-' if cpu is None else f'{cpu:.1f}'} ms/img"
+                    + (f"  TRY_LATER {figures['try_later']}" if figures["try_later"] else "")
+                    + (f"  errors {figures['errors']}" if figures["errors"] else "")
+                )
+    bench.clear_uploads(*extra_data)
+    return runs
+
+
+def _photo_summary(
+    runs: dict[str, dict[str, list[dict[str, Any]]]], systems: Sequence[str], temps: Sequence[str]
+) -> dict[str, Any]:
+    summary = _collect(runs, PHOTO_FIGURES)
+    for temp in temps:
+        for system in systems:
+            items = runs[temp][system]
+            summary[temp][system]["p99_over_p50"] = util.summary(
+                [i["p99"] / i["p50"] for i in items if i["ok"] and i["p50"] > 0]
+            )
+    return summary
+
+
+# -- scenario 2b: photos with one and with two server workers ----------------------------------
+
+
+WORKER_COUNTS = {"workers_1": 1, "workers_2": 2}
+
+
+def photos_workers(bench: Bench) -> dict[str, Any]:
+    """The photos burst against two more imgshare servers, ``--workers 1`` and
+    ``--workers 2``, each on a data folder of its own (same CA and users) and its own
+    port, both started before the first run so that their runs take turns like the
+    systems of the photos scenario. (nginx and the main server stay up, idle.)"""
+    cfg = bench.config
+    payload = _photo_payload(bench)
+    systems = tuple(WORKER_COUNTS)
+    bench.log(
+        f"photos, --workers 1 vs 2: {cfg.photos} clients, {cfg.runs} runs x {'/'.join(cfg.temps)}"
+    )
+    servers: dict[str, ExtraServer] = {}
+    stopped: dict[str, Any] = {}
+    pools = {system: f"photos_{system}" for system in systems}
+    opened: dict[str, Any] = {}
+    try:
+        for system, count in WORKER_COUNTS.items():
+            servers[system] = bench.start_server(system, count)
+        for system, server in servers.items():
+            opened[system] = bench.open_pool(
+                pools[system], "imgshare", _photo_logins(bench), port=server.port
+            )
+            answer = opened[system]
+            bench.log(
+                f"  {system}: {len(server.pids()) - 1} worker processes, {answer['opened']}"
+                f" sessions logged in in {answer['seconds']:.1f} s"
+                + (f"  TRY_LATER answers {answer['try_later']}" if answer["try_later"] else "")
+                + (f"  errors {answer['errors']}" if answer["errors"] else "")
+            )
+            if answer["opened"] != cfg.photos:
+                raise RuntimeError(f"{system}: only {answer['opened']} of {cfg.photos} logged in")
+        workers_seen = {system: len(server.pids()) - 1 for system, server in servers.items()}
+        runs = _photo_runs(bench, systems, pools, servers, payload)
+        for system, server in servers.items():
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"{system} server exited with {server.proc.returncode}")
+    finally:
+        for system in servers:
+            with contextlib.suppress(RuntimeError):
+                bench.close_pool(pools[system])
+        for system, server in servers.items():
+            stopped[system] = bench.stop_server(server)
+    summary = _photo_summary(runs, systems, cfg.temps)
+    ratios = {
+        temp: {
+            "images_2_vs_1": _ratio(
+                summary[temp]["workers_2"]["images_s"]["median"],
+                summary[temp]["workers_1"]["images_s"]["median"],
+            ),
+        }
+        for temp in cfg.temps
+    }
+    return {
+        "clients": cfg.photos,
+        "payload_bytes": payload,
+        "workers": WORKER_COUNTS,
+        "workers_seen": workers_seen,
+        "login_setup": opened,
+        "servers": stopped,
+        "runs": cfg.runs,
+        "figures": summary,
+        "ratios": ratios,
+        "raw": runs,
+    }
+
+
 # -- scenario 3: held connections ------------------------------------------------------------
 
 
@@ -440,7 +618,7 @@ def held(bench: Bench) -> dict[str, Any]:
     files = bench.photo_files
     payload = sum(files[i % len(files)].stat().st_size for i in range(cfg.held_uploads))
     bench.log(f"held connections: {cfg.held} idle sessions, then {cfg.held_uploads} uploads")
-    pid = [bench.imgshare_pid]
+    pids = bench.server_pids("imgshare")
     # Fresh sessions that have only logged in: sessions that uploaded before would
     # also measure what an upload leaves behind in the server.
     pools = ["held"]
@@ -448,14 +626,15 @@ def held(bench: Bench) -> dict[str, Any]:
     # (the server's default idle timeout is 300 s; each run pings every held session).
     uploaders = [[f"heldup{i % 10:02d}", bench.password] for i in range(cfg.held_uploads)]
     up_opened = bench.open_pool("held_up", "imgshare", uploaders)
-    rss_start = util.rss_bytes(pid)
-    with util.RssSampler(pid) as setup_rss:
+    rss_start = util.rss_bytes(pids())
+    with util.RssSampler(pids) as setup_rss:
         opened = bench.open_pool("held", "imgshare", [["held", bench.password]] * cfg.held)
-    rss_held = util.rss_bytes(pid)
+    rss_held = util.rss_bytes(pids())
     bench.log(
         f"  {opened['opened']} held ({opened['failed']} failed) in {opened['seconds']:.1f} s;"
         f" server RSS {rss_start / util.MIB:.0f} -> {rss_held / util.MIB:.0f} MiB"
         f" (peak while logging in {setup_rss.peak / util.MIB:.0f} MiB)"
+        + (f"  TRY_LATER answers {opened['try_later']}" if opened["try_later"] else "")
         + (f"  errors {opened['errors']}" if opened["errors"] else "")
     )
 
@@ -480,6 +659,7 @@ def held(bench: Bench) -> dict[str, Any]:
                 f"/{cfg.held}  uploads {figures['ok']}/{figures['count']} ok"
                 f"  p50 {figures['p50']:.2f} s p99 {figures['p99']:.2f} s"
                 f"  server RSS peak {figures['rss_peak'] / util.MIB:.0f} MiB"
+                + (f"  TRY_LATER {figures['try_later']}" if figures["try_later"] else "")
                 + (f"  errors {figures['errors']}" if figures["errors"] else "")
                 + (f"  ping errors {after['errors']}" if after["errors"] else "")
             )
@@ -488,7 +668,8 @@ def held(bench: Bench) -> dict[str, Any]:
     for pool in pools:
         bench.close_pool(pool)
     bench.check_alive()
-    summary = _collect(runs, ("held", "held_before", "ok", "p50", "p99", "images_s", "rss_peak"))
+    names = ("held", "held_before", "ok", "p50", "p99", "images_s", "rss_peak", "try_later")
+    summary = _collect(runs, names)
     return {
         "held_target": cfg.held,
         "uploads": cfg.held_uploads,
@@ -610,9 +791,118 @@ def _session_figures(
     }
 
 
+# -- scenario 5: the command-line client as a user runs it ------------------------------------
+
+
+CLI_COMMANDS = {
+    "imgshare_send": "imgshare send PHOTO: start, connect, log in, upload, checked receipt",
+    "curl_put": "curl -T PHOTO https://nginx/upload/NAME",
+    "imgshare_list": "imgshare list: start, connect, log in, list",
+    "curl_get": "curl https://nginx/upload/SMALL (1 KiB)",
+}
+CLI_RATIOS = {"send_vs_curl_put": ("imgshare_send", "curl_put"),
+              "list_vs_curl_get": ("imgshare_list", "curl_get")}  # fmt: skip
+CLI_USER = "cli"  # the server's default argon2id hash from the start: every login pays it
+
+
+def cli(bench: Bench) -> dict[str, Any]:
+    """Whole processes, start to finish: ``imgshare send`` of one ~4 MB photo and
+    ``imgshare list`` against the main server, ``curl -T`` of the same photo and a
+    ``curl`` GET of a 1 KiB file against nginx. Only reported (no goal yet)."""
+    cfg = bench.config
+    photo = bench.photo_files[0]
+    password_file = bench.root / "cli-password"
+    password_file.touch(mode=0o600)
+    password_file.write_text(bench.login_password + "\n")
+    small_name = "cli-small.txt"
+    nginx_url = f"https://127.0.0.1:{bench.nginx_port}/upload/"
+    connection = [
+        "--server", f"127.0.0.1:{bench.imgshare_port}", "--ca", str(bench.ca),
+        "--user", CLI_USER, "--password-file", str(password_file),
+    ]  # fmt: skip
+    curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(bench.ca)]
+
+    def argv(kind: str) -> list[str]:
+        if kind == "imgshare_send":
+            return [str(bench.imgshare), "send", str(photo), *connection]
+        if kind == "imgshare_list":
+            return [str(bench.imgshare), "list", *connection]
+        if kind == "curl_put":
+            return [*curl, "-T", str(photo), f"{nginx_url}cli-{time.monotonic_ns()}.jpg"]
+        return [*curl, nginx_url + small_name]
+
+    bench.log(
+        f"command line: {', '.join(CLI_COMMANDS)}; {photo.stat().st_size / MB:.1f} MB photo,"
+        f" 1 untimed + {cfg.cli_runs} timed runs each"
+    )
+    bench.clear_uploads()
+    (bench.nginx_prefix / "www" / "upload" / small_name).write_bytes(bytes(range(256)) * 4)
+    kinds = tuple(CLI_COMMANDS)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"warm": {k: [] for k in kinds}}
+    for kind in kinds:  # untimed: the page cache holds the programs and their modules
+        _run_command(kind, argv(kind))
+    for run in range(cfg.cli_runs):
+        for kind in _rotate(kinds, run):
+            bench.prepare("warm", 16 * util.MIB)
+            figures = _run_command(kind, argv(kind))
+            runs["warm"][kind].append(figures)
+        line = "  ".join(f"{k} {runs['warm'][k][-1]['seconds']:.3f} s" for k in kinds)
+        bench.log(f"  run {run + 1}  {line}")
+    bench.clear_uploads()
+    bench.check_alive()
+    summary = _collect(runs, ("seconds", "cpu_s"))
+    for name, (ours, theirs) in CLI_RATIOS.items():
+        summary["warm"][name] = {
+            "x": util.summary(
+                [a["seconds"] / b["seconds"]
+                 for a, b in zip(runs["warm"][ours], runs["warm"][theirs], strict=True)]
+            )
+        }  # fmt: skip
+    ratios = {
+        "warm": {
+            name: _ratio(
+                summary["warm"][ours]["seconds"]["median"],
+                summary["warm"][theirs]["seconds"]["median"],
+            )
+            for name, (ours, theirs) in CLI_RATIOS.items()
+        }
+    }
+    return {
+        "commands": CLI_COMMANDS,
+        "user": CLI_USER,
+        "photo_bytes": photo.stat().st_size,
+        "runs": cfg.cli_runs,
+        "figures": summary,
+        "ratios": ratios,
+        "raw": runs,
+    }
+
+
+def _run_command(kind: str, argv: list[str]) -> dict[str, Any]:
+    """Run one command to its end: wall seconds and its CPU (user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    expected = {"curl_put": ("201", "204"), "curl_get": ("200",)}.get(kind)
+    if done.returncode != 0 or (expected is not None and done.stdout.strip() not in expected):
+        output = (done.stdout + done.stderr).strip()[-300:]
+        raise RuntimeError(f"{kind} failed ({done.returncode}): {output}")
+    if kind == "imgshare_send" and "signed receipt checked" not in done.stdout:
+        raise RuntimeError(f"imgshare send printed no checked receipt: {done.stdout[-300:]}")
+    return {
+        "seconds": seconds,
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "stderr": done.stderr.strip()[-300:],
+    }
+
+
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "big_image": big_image,
     "photos": photos,
     "held": held,
     "sessions": sessions,
+    "photos_workers": photos_workers,
+    "cli": cli,
 }

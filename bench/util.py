@@ -1,4 +1,4 @@
-"""Plumbing shared by the harness: ports, child processes, memory warming, RSS, stats.
+"""Plumbing shared by the harness: ports, child processes, memory warming, RSS and CPU, stats.
 
 Noise on this VM (see docs/performance.md): the first touch of a memory page costs
 about 2.3 s/GiB and freed pages go back to the host within about a second. A timed
@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,26 +141,113 @@ def rss_bytes(pids: Iterable[int]) -> int:
     return sum(_status_kib(pid, "VmRSS") for pid in pids) * 1024
 
 
-class RssSampler:
-    """Samples the summed RSS of some processes in a thread; peak also from VmHWM.
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants as they are now (a server's supervisor and its
+    workers; a worker may have been replaced since the last call).
 
-    ``VmHWM`` is reset at the start (``clear_refs`` 5, needs root or the same user),
-    so for a single process the peak is exact even between samples.
+    Reads ``/proc/PID/task/TID/children`` (cheap enough to call every sample); falls
+    back to psutil where the kernel lacks that file.
+    """
+    if not os.path.exists(f"/proc/{pid}"):
+        return []
+    if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        import psutil
+
+        try:
+            return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+        except psutil.Error:
+            return [pid]
+    found, queue = [pid], [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as children:
+                    kids = [int(child) for child in children.read().split()]
+            except (OSError, ValueError):
+                continue
+            for kid in kids:
+                if kid not in found:
+                    found.append(kid)
+                    queue.append(kid)
+    return found
+
+
+Pids = Sequence[int] | Callable[[], Sequence[int]]
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat(pid: int) -> tuple[int, int, int] | None:
+    """(start time, user+system CPU in ticks, RSS in pages) of ``pid``, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is field 3 of proc(5): utime 14, stime 15, starttime 22, rss 24
+    return int(fields[19]), int(fields[11]) + int(fields[12]), int(fields[21])
+
+
+class RssSampler:
+    """Samples the summed RSS and the CPU time of some processes in a thread.
+
+    ``pids`` is a list, or a callable that names the processes at each sample (a
+    server's supervisor and its current workers: ``lambda: process_tree(pid)``). RSS
+    is the sum over the processes of one sample; ``peak`` is the highest sum. For a
+    single process the peak also comes from VmHWM, reset at the start (``clear_refs``
+    5, needs root or the same user), so it is exact even between samples.
+
+    ``cpu_seconds`` is the user+system CPU the processes used between ``__enter__``
+    and ``__exit__``: for each process (pid and start time), its last reading minus
+    its reading at the start, or minus 0 for a process started during the run. A
+    process that ends during the run counts up to its last sample (``interval``).
     """
 
-    def __init__(self, pids: Sequence[int], interval: float = 0.02) -> None:
-        self.pids = list(pids)
+    def __init__(self, pids: Pids, interval: float = 0.02) -> None:
+        if callable(pids):
+            self._resolve = pids
+        else:
+            fixed = list(pids)
+            self._resolve = lambda: fixed
         self.interval = interval
         self.before = 0
         self.peak = 0
+        self.after = 0
+        self.cpu_seconds = 0.0
+        self.processes = 0  # distinct processes seen during the run
+        self._cpu_first: dict[tuple[int, int], int] = {}
+        self._cpu_last: dict[tuple[int, int], int] = {}
+        self._started = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _sample(self) -> int:
+        """One sample: RSS sum in bytes; CPU readings recorded."""
+        rss = 0
+        for pid in self._resolve():
+            stat = _stat(pid)
+            if stat is None:
+                continue
+            start, ticks, pages = stat
+            key = (pid, start)
+            if key not in self._cpu_first:
+                self._cpu_first[key] = 0 if self._started else ticks
+            self._cpu_last[key] = ticks
+            rss += pages * _PAGE
+        return rss
+
     def __enter__(self) -> RssSampler:
-        for pid in self.pids:
+        pids = list(self._resolve())
+        for pid in pids:
             with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as refs:
                 refs.write("5")
-        self.before = rss_bytes(self.pids)
+        self.before = self._sample()
+        self._started = True
         self.peak = self.before
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
@@ -168,16 +255,20 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_bytes(self.pids))
+            self.peak = max(self.peak, self._sample())
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.peak = max(self.peak, rss_bytes(self.pids))
-        if len(self.pids) == 1:
-            self.peak = max(self.peak, _status_kib(self.pids[0], "VmHWM") * 1024)
-        self.after = rss_bytes(self.pids)
+        self.after = self._sample()
+        self.peak = max(self.peak, self.after)
+        self.processes = len(self._cpu_last)
+        if self.processes == 1:
+            pid = next(iter(self._cpu_last))[0]
+            self.peak = max(self.peak, _status_kib(pid, "VmHWM") * 1024)
+        ticks = sum(last - self._cpu_first[key] for key, last in self._cpu_last.items())
+        self.cpu_seconds = ticks / _TICK
 
     @property
     def growth(self) -> int:
