@@ -534,7 +534,7 @@ def _sequential_jpeg_sound(fp: BinaryIO, file_size: int) -> bool:
     scan = _single_scan_start(fp, file_size)
     if scan is None:
         return False
-    scan_start, least = scan
+    scan_start, least = scan.start, scan.least
     fp.seek(0)
     with _file_view(fp, file_size) as data:
         end = _SCAN_END.search(data, scan_start)
@@ -547,24 +547,36 @@ def _sequential_jpeg_sound(fp: BinaryIO, file_size: int) -> bool:
                 f"image is truncated or corrupt: the JPEG scan has {end.start() - scan_start}"
                 f" bytes, its blocks need at least {least}"
             )
-        sample = bytes(data[: min(end.start(), scan_start + _SCAN_SAMPLE)])
-    # The headers, tables and the first blocks, decoded for real (1/8 scale, the rest
-    # of the scan is filled in by libjpeg after the early EOI).
+        sample = bytearray(data[: min(end.start(), scan_start + _SCAN_SAMPLE)])
+    # The headers, tables and the first row of blocks, decoded for real: the sample's
+    # frame says it is one MCU row tall, so libjpeg decodes that row and stops, instead
+    # of filling in the rest of the picture (at 1/8 scale that was 2.5 ms of a 12 Mpx
+    # photo's 4.8 ms check, for no more proof).
+    if 0 < scan.row < scan.height:
+        sample[scan.height_at : scan.height_at + 2] = scan.row.to_bytes(2, "big")
     factory = Image.OPEN["JPEG"][0]  # as _identify does: no global bomb check
-    with factory(io.BytesIO(sample + b"\xff\xd9"), "") as head:
-        head.draft(head.mode, (max(1, head.width // 8), max(1, head.height // 8)))
+    with factory(io.BytesIO(bytes(sample) + b"\xff\xd9"), "") as head:
         head.load()
     return True
 
 
-def _single_scan_start(fp: BinaryIO, file_size: int) -> tuple[int, int] | None:
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    start: int  # where the entropy-coded data starts
+    least: int  # the fewest bytes that can code its blocks
+    height_at: int  # where the frame header's height field is
+    height: int
+    row: int  # pixel rows of one MCU row
+
+
+def _single_scan_start(fp: BinaryIO, file_size: int) -> _Scan | None:
     """Walk the segments from SOI to the first SOS; if the frame is sequential and the
-    scan holds every component, return where its entropy-coded data starts and the
-    fewest bytes that can code its blocks, else None."""
+    scan holds every component, return where its entropy-coded data starts, the
+    fewest bytes that can code its blocks and where its height is, else None."""
     fp.seek(0)
     if fp.read(2) != b"\xff\xd8":
         raise ImageError("image is truncated or corrupt: no JPEG start marker")
-    position, components, least = 2, 0, 0
+    position, components, least, frame = 2, 0, 0, b""
     for _ in range(_MAX_SEGMENTS):
         fp.seek(position)
         head = fp.read(4)
@@ -591,13 +603,16 @@ def _single_scan_start(fp: BinaryIO, file_size: int) -> tuple[int, int] | None:
                 return None  # a second frame header: let the decoder judge
             components = body[5]
             least = _least_scan_bytes(body)
+            frame, frame_at = body, position + 4
         elif marker in _OTHER_SOF or marker == _EOI:
             return None
         elif marker == _SOS:
             count = fp.read(1)
             if not components or not count or count[0] != components:
                 return None  # not one interleaved scan of a sequential frame
-            return end, least
+            tallest = max((b & 15 for b in frame[7 : 6 + 3 * components : 3]), default=1)
+            height = int.from_bytes(frame[1:3], "big")
+            return _Scan(end, least, frame_at + 1, height, 8 * max(1, min(tallest, 4)))
         position = end
     return None
 

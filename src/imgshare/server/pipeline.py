@@ -59,8 +59,12 @@ class Pipeline:
         *,
         threads: ThreadReuse | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
+        inline: bool = False,
     ) -> None:
+        """With ``inline``, each step runs in ``submit``, on the caller's thread: for
+        small items, handing them to another thread costs more than it overlaps."""
         self._step = step
+        self._inline = inline
         self._on_failure = on_failure
         self._queue: queue.Queue[Item | None] = queue.Queue(depth)
         # Buffers handed out by ``buffer``, by identity, and those whose items were
@@ -71,7 +75,10 @@ class Pipeline:
         self._closed = False
         self._done = threading.Event()
         self._worker: threading.Thread | None = None
-        (threads or _SHARED_THREADS).run(self._run)
+        if inline:
+            self._done.set()
+        else:
+            (threads or _SHARED_THREADS).run(self._run)
 
     @property
     def error(self) -> BaseException | None:
@@ -96,11 +103,14 @@ class Pipeline:
                         self._error = exc
                         if self._on_failure is not None:
                             self._on_failure(exc)
-                if isinstance(item, memoryview) and self._made.get(id(item.obj)) is item.obj:
-                    self._spare.put(self._made[id(item.obj)])
+                self._recycle(item)
         finally:
             self._worker = None
             self._done.set()
+
+    def _recycle(self, item: Item) -> None:
+        if isinstance(item, memoryview) and self._made.get(id(item.obj)) is item.obj:
+            self._spare.put(self._made[id(item.obj)])
 
     def buffer(self, size: int) -> memoryview:
         """A buffer of ``size`` bytes to receive the next item into, then ``submit``.
@@ -119,10 +129,22 @@ class Pipeline:
         return memoryview(spare)[:size]
 
     def submit(self, item: Item) -> None:
-        """Queue ``item`` (blocks while the queue is full); raise an earlier step's error."""
+        """Queue ``item`` (blocks while the queue is full); raise an earlier step's error
+        (inline: run the step now and raise what it raises)."""
         if self._error is not None:
             raise self._error
-        self._queue.put(item)
+        if not self._inline:
+            self._queue.put(item)
+            return
+        self._worker = threading.current_thread()
+        try:
+            self._step(item)
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._worker = None
+            self._recycle(item)
 
     def check(self) -> None:
         """Raise the error a step raised, if any, without waiting."""
@@ -149,7 +171,8 @@ class Pipeline:
     def _stop(self) -> None:
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
+            if not self._inline:
+                self._queue.put(None)
             self._done.wait()
             # Let the buffers go now: the owner and its step refer to each other, and
             # such a cycle waits for the garbage collector (measured: +7 MiB per big

@@ -39,6 +39,12 @@ from imgshare.store import PendingImage
 
 log = logging.getLogger(__name__)
 
+#: Images up to this size are opened and written on the connection's own thread: for
+#: a photo, handing each chunk to another thread costs more CPU (wake-ups, the GIL
+#: changing hands) than overlapping the work saves; many photos at once keep the cores
+#: busy anyway. Larger images get the pipeline beside the connection.
+INLINE_UP_TO = 16 * 1024 * 1024
+
 
 def buffer_memory(header_chunk_size: int, size: int) -> int:
     """What an upload's buffers may hold: the pipeline's recycled chunk records and
@@ -63,7 +69,10 @@ class Upload:
         self._plaintext: memoryview | None = None  # made by the first chunk, then reused
         self.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._pipeline = Pipeline(
-            self._store_chunk, threads=service.pipeline_threads, on_failure=self._wake
+            self._store_chunk,
+            threads=service.pipeline_threads,
+            on_failure=self._wake,
+            inline=self.header.size <= INLINE_UP_TO,
         )
 
     # -- the network layer's side -----------------------------------------------------

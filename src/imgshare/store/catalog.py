@@ -341,18 +341,27 @@ class SQLiteCatalog:
             yield self._db
 
     @contextlib.contextmanager
-    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (durable)."""
+    def _write(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT``, durable unless
+        ``durable`` is false: then the commit skips the WAL's fsync (the next durable
+        commit syncs it too). For state that a crash may lose: leases of uploads in
+        flight, which lapse anyway."""
         with self._lock, self._errors(action):
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # also when COMMIT itself failed
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # also when COMMIT itself failed
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = FULL")
 
     def _shred(self) -> None:
         # Drop deleted rows' old page images from the WAL (see module docstring).
@@ -643,7 +652,7 @@ class SQLiteCatalog:
         overshoot together; lapsed reservations are dropped first. Raises
         ``QuotaError``, ``TryLaterError`` (no place left) or ``StorageError``.
         """
-        with self._write("reserve an upload") as db:
+        with self._write("reserve an upload", durable=False) as db:
             db.execute("DELETE FROM uploads_in_flight WHERE expires_ms < ?", (now_ms(),))
             count, arriving = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM uploads_in_flight WHERE user_id = ?",
@@ -667,7 +676,7 @@ class SQLiteCatalog:
 
     def renew_reservations(self, holder: str, expires: int) -> int:
         """Extend every reservation of ``holder`` to ``expires``; return how many."""
-        with self._write("renew reservations") as db:
+        with self._write("renew reservations", durable=False) as db:
             cursor = db.execute(
                 "UPDATE uploads_in_flight SET expires_ms = ? WHERE holder = ?", (expires, holder)
             )
@@ -675,12 +684,12 @@ class SQLiteCatalog:
 
     def release_reservation(self, reservation_id: int) -> None:
         """The upload ended (stored, when the catalog counts its row, or not)."""
-        with self._write("release a reservation") as db:
+        with self._write("release a reservation", durable=False) as db:
             db.execute("DELETE FROM uploads_in_flight WHERE id = ?", (reservation_id,))
 
     def drop_reservations(self, holder: str) -> int:
         """Drop every reservation of ``holder`` (a process that died); return how many."""
-        with self._write("drop reservations") as db:
+        with self._write("drop reservations", durable=False) as db:
             cursor = db.execute("DELETE FROM uploads_in_flight WHERE holder = ?", (holder,))
         return cursor.rowcount
 
