@@ -38,6 +38,7 @@ from imgshare.protocol import events as ev
 from imgshare.protocol.constants import MAX_RETRY_AFTER_MS, RECORD_HEADER_SIZE, ErrorCode
 from imgshare.protocol.state import TRANSITIONS, Role
 from imgshare.protocol.stream import new_upload
+from imgshare.server import upload as upload_module
 from imgshare.server.accounts import Accounts
 from imgshare.server.app import Shares, build_service, store_config
 from imgshare.server.config import ServerSettings
@@ -510,7 +511,12 @@ def test_an_upload_that_cannot_be_stored_is_a_storage_failure(
     assert settled(service, user(service, "alice"))
 
 
-def test_a_tampered_chunk_wakes_the_reader_and_stores_nothing(service: Service) -> None:
+def test_a_tampered_chunk_wakes_the_reader_and_stores_nothing(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large image's chunks are opened on the pipeline's thread: a tampered one
+    wakes the connection's reader through the upload's descriptor."""
+    monkeypatch.setattr(upload_module, "INLINE_UP_TO", 0)  # every image takes the pipeline
     wire = Wire(service)
     wire.login()
     sending = wire.begin(PNG)
@@ -528,6 +534,23 @@ def test_a_tampered_chunk_wakes_the_reader_and_stores_nothing(service: Service) 
     assert isinstance(upload.failure, IntegrityError)
     with pytest.raises(IntegrityError):
         wire.take(records[2])  # the network layer then ends the connection, fatally
+    wire.session.close()
+    assert nothing_stored(service)
+    assert settled(service, user(service, "alice"))
+
+
+def test_a_tampered_chunk_of_a_small_image_fails_at_once(service: Service) -> None:
+    """A photo's chunks are opened on the connection's own thread: the tampered one
+    raises as it is taken."""
+    wire = Wire(service)
+    wire.login()
+    sending = wire.begin(PNG)
+    records = list(sending.records())
+    wire.take(records[0])
+    tampered = bytearray(records[1])
+    tampered[-1] ^= 1
+    with pytest.raises(IntegrityError):
+        wire.take(bytes(tampered))
     wire.session.close()
     assert nothing_stored(service)
     assert settled(service, user(service, "alice"))
