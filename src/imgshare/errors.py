@@ -17,7 +17,8 @@ the boundary with ``raise ... from exc``.
     ├── ImageError             the bytes are not an acceptable image
     ├── StorageError           the data folder or catalog failed
     ├── QuotaError             an upload would exceed the user's quota
-    ├── AuthError              wrong credentials, or not allowed
+    ├── AuthError              wrong credentials
+    │   └── ForbiddenError         known, but not allowed (registration closed, ...)
     ├── TryLaterError          overloaded or throttled: retry after ``retry_after`` s
     └── TransportError         network, TLS or timeout failure
 
@@ -105,6 +106,11 @@ class QuotaError(ImgshareError):
 
 class AuthError(ImgshareError):
     """Wrong username or password, or the action is not allowed."""
+
+
+class ForbiddenError(AuthError):
+    """The caller is known but may not do this (registration closed, an invitation
+    that does not hold, an image that is only shared with them)."""
 
 
 class TryLaterError(ImgshareError):

@@ -262,3 +262,19 @@ def restrict_groups(context: ssl.SSLContext, groups: tuple[str, ...] = GROUPS) -
         logger.warning("OpenSSL refused the TLS groups %s; its defaults stay on", names)
         return False
     return True
+
+
+def client_certificate_name(sock: ssl.SSLSocket) -> str | None:
+    """The common name of the client certificate the handshake verified, if any.
+
+    Only a server whose context requires client certificates (``client_ca``) has one,
+    and OpenSSL has then checked it chains to that CA and allows clientAuth; the name
+    is what CERT_LOGIN logs in as."""
+    peer = sock.getpeercert()
+    if not peer:
+        return None
+    for rdn in peer.get("subject", ()):
+        for attribute in rdn:
+            if attribute[0] == "commonName":
+                return str(attribute[1])
+    return None

@@ -337,14 +337,15 @@ def _accepts(client: ClientSession, path: Path) -> bool:
     return True
 
 
-def test_unsupported_requests_are_refused_politely(server: RunningServer) -> None:
+def test_requests_about_an_unknown_image_are_refused_politely(server: RunningServer) -> None:
     with server.raw() as raw:
         raw.login("alice")
-        for request in (ev.Share(b"\x01" * 16, "bob"), ev.Delete(b"\x01" * 16)):
+        unknown = b"\x01" * 16
+        for request in (ev.Share(unknown, "bob"), ev.Delete(unknown), ev.Shares(unknown)):
             raw.send(request)
             answer = raw.receive()
             assert isinstance(answer, ev.Error)
-            assert (answer.code, answer.fatal) == (ErrorCode.UNSUPPORTED, False)
+            assert (answer.code, answer.fatal) == (ErrorCode.NOT_FOUND, False)
         raw.send(ev.ListImages())
         assert isinstance(raw.receive(), ev.ImageList)
 

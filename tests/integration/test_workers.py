@@ -34,7 +34,7 @@ from imgshare.client import ClientSession, ca_verifier
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import ErrorCode
 
-LOGIN_LINE = re.compile(r"login  peer=127\.0\.0\.1:(\d+) user=\S+ worker=(\d+)")
+LOGIN_LINE = re.compile(r"login  peer=127\.0\.0\.1:(\d+) user=\S+ .*?worker=(\d+)")
 _OPENED: list[RawClient] = []
 
 

@@ -262,28 +262,6 @@ def test_handle_refuses_what_is_not_a_request(service: Service) -> None:
             list(wire.session.handle(event))
 
 
-@pytest.mark.parametrize(
-    "request_",
-    [
-        ev.Register("carol", "a long password"),
-        ev.TokenLogin(b"t" * 32),
-        ev.Share(b"\x01" * 16, "bob"),
-        ev.Delete(b"\x01" * 16),
-    ],
-    ids=lambda event: type(event).__name__,
-)
-def test_requests_not_implemented_yet_are_refused_but_not_fatally(
-    service: Service, request_: ev.Event
-) -> None:
-    wire = Wire(service)
-    wire.login()
-    refused = error(wire.request(request_))
-    assert refused.code is ErrorCode.UNSUPPORTED and not refused.fatal
-    assert wire.client.state is wire.server.state is State.IDLE
-    (listing,) = wire.request(ev.ListImages())  # the session goes on
-    assert listing == ev.ImageList(())
-
-
 # --- logins ------------------------------------------------------------------------------
 
 

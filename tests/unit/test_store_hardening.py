@@ -146,11 +146,15 @@ def test_version_1_catalog_migrates_keeping_everything(catalog_path: Path) -> No
         assert catalog.add_login_failure("account", "alice", 1000, 0) == 1
         catalog.note_login_success("192.0.2.1", 2000)
         assert catalog.last_login_success("192.0.2.1") == 2000
-    assert user_version(catalog_path) == SCHEMA_VERSION == 3
+        # ...and those of version 4.
+        catalog.audit("login", "alice", "192.0.2.1", 3000, method="password")
+        (event,) = catalog.audit_events(user_name="alice")
+        assert (event.event, event.detail) == ("login", {"method": "password"})
+    assert user_version(catalog_path) == SCHEMA_VERSION == 4
     with SQLiteCatalog(catalog_path) as reopened:  # opening again changes nothing
         assert len(reopened.list_users()) == 3
         assert reopened.get_image(record.id) == record
-    assert user_version(catalog_path) == 3
+    assert user_version(catalog_path) == SCHEMA_VERSION
 
 
 def test_foreign_keys_still_hold_after_the_migration(catalog_path: Path) -> None:

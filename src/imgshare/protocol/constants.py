@@ -41,6 +41,8 @@ MAX_TOKEN_BYTES: Final = 256
 MAX_MESSAGE_TEXT_BYTES: Final = 1024
 MAX_LIST_ENTRIES: Final = 1000
 MAX_RETRY_AFTER_MS: Final = 3_600_000  # a TRY_LATER hint is at most an hour
+MAX_TOKEN_NAME_BYTES: Final = 64
+MAX_PAGE_ENTRIES: Final = 1000  # IMAGE_PAGE, SHARE_LIST and TOKEN_LIST entries
 
 #: Context strings. Each signature and each derived key has its own, so a value made
 #: for one purpose can never be accepted for another.
@@ -76,6 +78,11 @@ class MessageType(enum.IntEnum):
     LOGIN = 0x01
     REGISTER = 0x02
     TOKEN_LOGIN = 0x03
+    CERT_LOGIN = 0x04
+    PASSWD = 0x05
+    TOKEN_CREATE = 0x06
+    TOKEN_LIST = 0x07
+    TOKEN_REVOKE = 0x08
     UPLOAD_BEGIN = 0x10
     UPLOAD_END = 0x11
     UPLOAD_RESUME = 0x12  # reserved for resumable uploads; v1 servers answer UNSUPPORTED
@@ -83,14 +90,21 @@ class MessageType(enum.IntEnum):
     LIST = 0x21
     SHARE = 0x22
     DELETE = 0x23
+    UNSHARE = 0x24
+    SHARES = 0x25
+    LIST_PAGE = 0x26
     # server -> client
     OK = 0x80
     LOGIN_OK = 0x81
+    TOKEN = 0x82
+    TOKENS = 0x83
     UPLOAD_READY = 0x90
     RECEIPT = 0x91
     DOWNLOAD_BEGIN = 0xA0
     DOWNLOAD_END = 0xA1
     IMAGE_LIST = 0xA2
+    SHARE_LIST = 0xA3
+    IMAGE_PAGE = 0xA4
     ERROR = 0xFF
 
 
@@ -117,6 +131,15 @@ class ErrorCode(enum.IntEnum):
     STORAGE_FAILED = 23
     INTERNAL = 24
     TRY_LATER = 25  # overloaded or throttled: not processed, retry after the hint
+    ALREADY_EXISTS = 26  # the name is taken
+    INVALID_ARGUMENT = 27  # well-formed, but a value the server does not accept
+
+
+class ListScope(enum.IntEnum):
+    """Which images LIST_PAGE lists."""
+
+    OWN = 0  # the caller's
+    SHARED_WITH_ME = 1  # others', shared with the caller
 
 
 class Group(enum.IntEnum):

@@ -13,10 +13,12 @@ from imgshare.protocol import codec
 from imgshare.protocol.constants import (
     HMAC_SIZE,
     IMAGE_ID_SIZE,
+    MAX_PAGE_ENTRIES,
     MAX_RETRY_AFTER_MS,
     RECEIPT_SIGNATURE_CONTEXT,
     SIGNATURE_PAD,
     ErrorCode,
+    ListScope,
 )
 from imgshare.protocol.stream import UploadHeader
 
@@ -101,6 +103,38 @@ class TokenLogin(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class CertLogin(Event):
+    """Log in as the user the TLS client certificate names."""
+
+
+@dataclass(frozen=True, slots=True)
+class Passwd(Event):
+    """Change the logged-in user's password; optionally revoke their other tokens."""
+
+    old_password: str = field(repr=False)
+    new_password: str = field(repr=False)
+    revoke_tokens: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCreate(Event):
+    """A new API token for the logged-in user; ``expires_ms`` 0 means never."""
+
+    name: str
+    expires_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenList(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRevoke(Event):
+    token_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class UploadBegin(Event):
     """Starts an upload: the content key travels wrapped by the session AEAD."""
 
@@ -125,13 +159,40 @@ class ListImages(Event):
 
 @dataclass(frozen=True, slots=True)
 class Share(Event):
+    """Let ``username`` fetch an image of ours until ``expires_ms`` (0: until unshared)."""
+
+    image_id: bytes
+    username: str
+    expires_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unshare(Event):
     image_id: bytes
     username: str
 
 
 @dataclass(frozen=True, slots=True)
+class Shares(Event):
+    """Who an image of ours is shared with."""
+
+    image_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Delete(Event):
     image_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage(Event):
+    """One page of images, oldest first, after the image (``after_ms``, ``after_id``):
+    zeros for the first page."""
+
+    scope: ListScope = ListScope.OWN
+    after_ms: int = 0
+    after_id: bytes = bytes(IMAGE_ID_SIZE)
+    limit: int = MAX_PAGE_ENTRIES
 
 
 # --- server -> client answers -----------------------------------------------------
@@ -145,6 +206,29 @@ class Ok(Event):
 @dataclass(frozen=True, slots=True)
 class LoginOk(Event):
     username: str
+
+
+@dataclass(frozen=True, slots=True)
+class Token(Event):
+    """A new token: its id and its secret, which the server shows this once."""
+
+    token_id: int
+    secret: bytes = field(repr=False)
+    expires_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    token_id: int
+    name: str
+    created_ms: int
+    expires_ms: int  # 0: never
+    last_used_ms: int  # 0: never
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens(Event):
+    tokens: tuple[TokenInfo, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,3 +312,24 @@ class ImageEntry:
 @dataclass(frozen=True, slots=True)
 class ImageList(Event):
     images: tuple[ImageEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePage(Event):
+    """One page of LIST_PAGE; ``more`` says whether another page follows."""
+
+    images: tuple[ImageEntry, ...]
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ShareInfo:
+    username: str
+    granted_ms: int
+    expires_ms: int  # 0: until unshared
+
+
+@dataclass(frozen=True, slots=True)
+class ShareList(Event):
+    image_id: bytes
+    shares: tuple[ShareInfo, ...]

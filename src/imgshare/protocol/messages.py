@@ -20,13 +20,16 @@ from imgshare.protocol.constants import (
     MAX_LIST_ENTRIES,
     MAX_MESSAGE_TEXT_BYTES,
     MAX_NAME_BYTES,
+    MAX_PAGE_ENTRIES,
     MAX_PASSWORD_BYTES,
     MAX_RETRY_AFTER_MS,
     MAX_TOKEN_BYTES,
+    MAX_TOKEN_NAME_BYTES,
     MAX_USERNAME_BYTES,
     RANDOM_SIZE,
     UPLOAD_ID_SIZE,
     ErrorCode,
+    ListScope,
     MessageType,
 )
 from imgshare.protocol.stream import UploadHeader
@@ -168,6 +171,22 @@ def _encode_entry(entry: ev.ImageEntry) -> bytes:
     )
 
 
+def _encode_token(token: ev.TokenInfo) -> bytes:
+    return b"".join(
+        (
+            codec.u64(token.token_id),
+            _text8(token.name),
+            codec.u64(token.created_ms),
+            codec.u64(token.expires_ms),
+            codec.u64(token.last_used_ms),
+        )
+    )
+
+
+def _encode_share(share: ev.ShareInfo) -> bytes:
+    return _text8(share.username) + codec.u64(share.granted_ms) + codec.u64(share.expires_ms)
+
+
 def _fields(event: ev.Event) -> bytes:
     match event:
         case ev.Login(username, password) | ev.Register(username, password, _):
@@ -177,14 +196,29 @@ def _fields(event: ev.Event) -> bytes:
             return body
         case ev.TokenLogin(token):
             return codec.var16(token)
+        case ev.CertLogin() | ev.TokenList():
+            return b""
+        case ev.Passwd(old_password, new_password, revoke_tokens):
+            body = _text16(old_password) + _text16(new_password)
+            return body + codec.u8(int(revoke_tokens))
+        case ev.TokenCreate(name, expires_ms):
+            return _text8(name) + codec.u64(expires_ms)
+        case ev.TokenRevoke(token_id):
+            return codec.u64(token_id)
         case ev.UploadBegin(header, content_key):
             return content_key + header.encode()
         case ev.UploadEnd(mac) | ev.DownloadEnd(mac):
             return mac
         case ev.Download(image_id) | ev.Delete(image_id):
             return image_id
-        case ev.Share(image_id, username):
+        case ev.Share(image_id, username, expires_ms):
+            return image_id + _text8(username) + codec.u64(expires_ms)
+        case ev.Unshare(image_id, username):
             return image_id + _text8(username)
+        case ev.Shares(image_id):
+            return image_id
+        case ev.ListPage(scope, after_ms, after_id, limit):
+            return codec.u8(scope) + codec.u64(after_ms) + after_id + codec.u16(limit)
         case ev.ListImages() | ev.Ok():
             return b""
         case ev.LoginOk(username):
@@ -197,6 +231,16 @@ def _fields(event: ev.Event) -> bytes:
             return content_key + image_id + header.encode()
         case ev.ImageList(images):
             return codec.u32(len(images)) + b"".join(_encode_entry(e) for e in images)
+        case ev.ImagePage(images, more):
+            entries = b"".join(_encode_entry(e) for e in images)
+            return codec.u8(int(more)) + codec.u32(len(images)) + entries
+        case ev.Token(token_id, secret, expires_ms):
+            return codec.u64(token_id) + codec.var16(secret) + codec.u64(expires_ms)
+        case ev.Tokens(tokens):
+            return codec.u32(len(tokens)) + b"".join(_encode_token(t) for t in tokens)
+        case ev.ShareList(image_id, shares):
+            body = image_id + codec.u32(len(shares))
+            return body + b"".join(_encode_share(share) for share in shares)
         case ev.Error(code, message, fatal, retry_after_ms):
             body = codec.u16(code) + codec.u8(int(fatal)) + codec.var16(_clip(message))
             if code is ErrorCode.TRY_LATER:
@@ -213,15 +257,27 @@ MESSAGE_TYPE_OF: dict[type[ev.Event], MessageType] = {
     ev.UploadEnd: MessageType.UPLOAD_END,
     ev.Download: MessageType.DOWNLOAD,
     ev.ListImages: MessageType.LIST,
+    ev.CertLogin: MessageType.CERT_LOGIN,
+    ev.Passwd: MessageType.PASSWD,
+    ev.TokenCreate: MessageType.TOKEN_CREATE,
+    ev.TokenList: MessageType.TOKEN_LIST,
+    ev.TokenRevoke: MessageType.TOKEN_REVOKE,
     ev.Share: MessageType.SHARE,
     ev.Delete: MessageType.DELETE,
+    ev.Unshare: MessageType.UNSHARE,
+    ev.Shares: MessageType.SHARES,
+    ev.ListPage: MessageType.LIST_PAGE,
     ev.Ok: MessageType.OK,
     ev.LoginOk: MessageType.LOGIN_OK,
+    ev.Token: MessageType.TOKEN,
+    ev.Tokens: MessageType.TOKENS,
     ev.UploadReady: MessageType.UPLOAD_READY,
     ev.Receipt: MessageType.RECEIPT,
     ev.DownloadBegin: MessageType.DOWNLOAD_BEGIN,
     ev.DownloadEnd: MessageType.DOWNLOAD_END,
     ev.ImageList: MessageType.IMAGE_LIST,
+    ev.ImagePage: MessageType.IMAGE_PAGE,
+    ev.ShareList: MessageType.SHARE_LIST,
     ev.Error: MessageType.ERROR,
 }
 
@@ -260,12 +316,16 @@ def _parse_receipt(reader: codec.Reader) -> ev.Receipt:
     return ev.Receipt(body, scheme, reader.var16())
 
 
-def _parse_entries(reader: codec.Reader) -> ev.ImageList:
+def _count(reader: codec.Reader, limit: int, what: str) -> int:
     count = reader.u32()
-    if count > MAX_LIST_ENTRIES:
-        raise RemoteProtocolError("image list too long", ErrorCode.TOO_LARGE)
+    if count > limit:
+        raise RemoteProtocolError(f"{what} too long", ErrorCode.TOO_LARGE)
+    return count
+
+
+def _parse_entry_list(reader: codec.Reader, limit: int) -> tuple[ev.ImageEntry, ...]:
     entries = []
-    for _ in range(count):
+    for _ in range(_count(reader, limit, "image list")):
         image_id = reader.fixed(IMAGE_ID_SIZE)
         size = reader.u64()
         created = reader.u64()
@@ -273,7 +333,60 @@ def _parse_entries(reader: codec.Reader) -> ev.ImageList:
         owner = reader.text(reader.var8(), MAX_USERNAME_BYTES)
         name = reader.text(reader.var16(), MAX_NAME_BYTES)
         entries.append(ev.ImageEntry(image_id, size, created, mac, owner, name))
-    return ev.ImageList(tuple(entries))
+    return tuple(entries)
+
+
+def _parse_entries(reader: codec.Reader) -> ev.ImageList:
+    return ev.ImageList(_parse_entry_list(reader, MAX_LIST_ENTRIES))
+
+
+def _flag(reader: codec.Reader, what: str) -> bool:
+    value = reader.u8()
+    if value > 1:
+        raise codec.malformed(what)
+    return bool(value)
+
+
+def _parse_list_page(reader: codec.Reader) -> ev.ListPage:
+    try:
+        scope = ListScope(reader.u8())
+    except ValueError:
+        raise codec.malformed("LIST_PAGE scope") from None
+    after_ms = reader.u64()
+    after_id = reader.fixed(IMAGE_ID_SIZE)
+    limit = reader.u16()
+    if limit == 0:
+        raise codec.malformed("LIST_PAGE limit")
+    if limit > MAX_PAGE_ENTRIES:
+        raise RemoteProtocolError("LIST_PAGE limit too large", ErrorCode.TOO_LARGE)
+    return ev.ListPage(scope, after_ms, after_id, limit)
+
+
+def _parse_tokens(reader: codec.Reader) -> ev.Tokens:
+    tokens = []
+    for _ in range(_count(reader, MAX_PAGE_ENTRIES, "token list")):
+        token_id = reader.u64()
+        name = reader.text(reader.var8(), MAX_TOKEN_NAME_BYTES)
+        created, expires, used = reader.u64(), reader.u64(), reader.u64()
+        tokens.append(ev.TokenInfo(token_id, name, created, expires, used))
+    return ev.Tokens(tuple(tokens))
+
+
+def _parse_share_list(reader: codec.Reader) -> ev.ShareList:
+    image_id = reader.fixed(IMAGE_ID_SIZE)
+    shares = []
+    for _ in range(_count(reader, MAX_PAGE_ENTRIES, "share list")):
+        username = reader.text(reader.var8(), MAX_USERNAME_BYTES)
+        shares.append(ev.ShareInfo(username, reader.u64(), reader.u64()))
+    return ev.ShareList(image_id, tuple(shares))
+
+
+def _parse_token(reader: codec.Reader) -> ev.Token:
+    token_id = reader.u64()
+    secret = reader.var16()
+    if len(secret) > MAX_TOKEN_BYTES:
+        raise RemoteProtocolError("token too long", ErrorCode.TOO_LARGE)
+    return ev.Token(token_id, secret, reader.u64())
 
 
 def _parse_error(reader: codec.Reader) -> ev.Error:
@@ -313,7 +426,37 @@ def _parse_fields(message_type: MessageType, reader: codec.Reader) -> ev.Event:
             return ev.Delete(reader.fixed(IMAGE_ID_SIZE))
         case MessageType.SHARE:
             image_id = reader.fixed(IMAGE_ID_SIZE)
-            return ev.Share(image_id, reader.text(reader.var8(), MAX_USERNAME_BYTES))
+            username = reader.text(reader.var8(), MAX_USERNAME_BYTES)
+            return ev.Share(image_id, username, reader.u64())
+        case MessageType.UNSHARE:
+            image_id = reader.fixed(IMAGE_ID_SIZE)
+            return ev.Unshare(image_id, reader.text(reader.var8(), MAX_USERNAME_BYTES))
+        case MessageType.SHARES:
+            return ev.Shares(reader.fixed(IMAGE_ID_SIZE))
+        case MessageType.LIST_PAGE:
+            return _parse_list_page(reader)
+        case MessageType.CERT_LOGIN:
+            return ev.CertLogin()
+        case MessageType.PASSWD:
+            old_password = reader.text(reader.var16(), MAX_PASSWORD_BYTES)
+            new_password = reader.text(reader.var16(), MAX_PASSWORD_BYTES)
+            return ev.Passwd(old_password, new_password, _flag(reader, "PASSWD flag"))
+        case MessageType.TOKEN_CREATE:
+            name = reader.text(reader.var8(), MAX_TOKEN_NAME_BYTES)
+            return ev.TokenCreate(name, reader.u64())
+        case MessageType.TOKEN_LIST:
+            return ev.TokenList()
+        case MessageType.TOKEN_REVOKE:
+            return ev.TokenRevoke(reader.u64())
+        case MessageType.TOKEN:
+            return _parse_token(reader)
+        case MessageType.TOKENS:
+            return _parse_tokens(reader)
+        case MessageType.SHARE_LIST:
+            return _parse_share_list(reader)
+        case MessageType.IMAGE_PAGE:
+            more = _flag(reader, "IMAGE_PAGE flag")
+            return ev.ImagePage(_parse_entry_list(reader, MAX_PAGE_ENTRIES), more)
         case MessageType.LIST:
             return ev.ListImages()
         case MessageType.OK:

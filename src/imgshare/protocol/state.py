@@ -31,6 +31,10 @@ class State(enum.Enum):
     AWAIT_LOGIN = "await login answer"
     AWAIT_OK = "await ok"
     AWAIT_LIST = "await list"
+    AWAIT_PAGE = "await page"
+    AWAIT_TOKEN = "await token"
+    AWAIT_TOKENS = "await tokens"
+    AWAIT_SHARES = "await shares"
     AWAIT_UPLOAD_READY = "await upload ready"
     UPLOADING = "uploading"
     UPLOADED = "all chunks uploaded"
@@ -53,9 +57,21 @@ TRANSITIONS: dict[tuple[State, Role, type[ev.Event]], State] = {
     (State.IDLE, C, ev.ListImages): State.AWAIT_LIST,
     (State.IDLE, C, ev.UploadBegin): State.AWAIT_UPLOAD_READY,
     (State.IDLE, C, ev.Download): State.AWAIT_DOWNLOAD,
+    (State.IDLE, C, ev.CertLogin): State.AWAIT_LOGIN,
+    (State.IDLE, C, ev.Passwd): State.AWAIT_OK,
+    (State.IDLE, C, ev.TokenCreate): State.AWAIT_TOKEN,
+    (State.IDLE, C, ev.TokenList): State.AWAIT_TOKENS,
+    (State.IDLE, C, ev.TokenRevoke): State.AWAIT_OK,
+    (State.IDLE, C, ev.Unshare): State.AWAIT_OK,
+    (State.IDLE, C, ev.Shares): State.AWAIT_SHARES,
+    (State.IDLE, C, ev.ListPage): State.AWAIT_PAGE,
     (State.AWAIT_LOGIN, S, ev.LoginOk): State.IDLE,
     (State.AWAIT_OK, S, ev.Ok): State.IDLE,
     (State.AWAIT_LIST, S, ev.ImageList): State.IDLE,
+    (State.AWAIT_PAGE, S, ev.ImagePage): State.IDLE,
+    (State.AWAIT_TOKEN, S, ev.Token): State.IDLE,
+    (State.AWAIT_TOKENS, S, ev.Tokens): State.IDLE,
+    (State.AWAIT_SHARES, S, ev.ShareList): State.IDLE,
     (State.AWAIT_UPLOAD_READY, S, ev.UploadReady): State.UPLOADING,
     (State.UPLOADING, C, ev.Chunk): State.UPLOADING,
     (State.UPLOADED, C, ev.UploadEnd): State.AWAIT_RECEIPT,
@@ -74,6 +90,10 @@ ANSWER_STATES = frozenset(
         State.AWAIT_LOGIN,
         State.AWAIT_OK,
         State.AWAIT_LIST,
+        State.AWAIT_PAGE,
+        State.AWAIT_TOKEN,
+        State.AWAIT_TOKENS,
+        State.AWAIT_SHARES,
         State.AWAIT_UPLOAD_READY,
         State.AWAIT_RECEIPT,
         State.AWAIT_DOWNLOAD,

@@ -33,8 +33,10 @@ from typing import Protocol
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from imgshare.errors import AuthError, ConfigError, StorageError
+from imgshare.errors import AuthError, ConfigError, ForbiddenError, StorageError
+from imgshare.server.credentials import secret_hash
 from imgshare.server.logins import HashGate, Line
+from imgshare.store.access import InvitationError
 from imgshare.store.catalog import Catalog, DeletedImage, User, UserExistsError
 
 log = logging.getLogger(__name__)
@@ -143,8 +145,8 @@ class Accounts:
     def __repr__(self) -> str:
         return f"Accounts({self._catalog!r})"
 
-    def _hash(self, secret: str) -> str:
-        with self._gate.slot():
+    def _hash(self, secret: str, line: Line = Line.KNOWN) -> str:
+        with self._gate.slot(line):
             return self._hasher.hash(secret)
 
     def _verify(self, stored_hash: str, secret: str, line: Line) -> bool:
@@ -167,6 +169,50 @@ class Accounts:
         user = self._catalog.add_user(name, self._hash(secret))
         log.info("added user %s", name)
         return user
+
+    def register(
+        self, name: str, password: str, *, mode: str, invitation: str | None = None
+    ) -> User:
+        """Let someone make their own account, as ``mode`` allows: "closed" (nobody),
+        "invite" (with a valid one-time code) or "open".
+
+        Raises ``ForbiddenError`` (closed, or no valid invitation), ``ConfigError``
+        for a name or password that breaks the rules, ``UserExistsError``,
+        ``TryLaterError`` (the hash gate), ``StorageError``.
+        """
+        if mode == "closed":
+            raise ForbiddenError(
+                "registration is closed on this server: ask its administrator for an account"
+            )
+        check_username(name)
+        secret = _check_password(password)
+        code_hash = None
+        if mode == "invite":
+            if not invitation:
+                raise ForbiddenError("this server registers by invitation only: give its code")
+            code_hash = secret_hash(invitation.encode("utf-8"))
+        if self._catalog.get_user_by_name(name) is not None:
+            raise UserExistsError(f"the name {name!r} is taken")
+        try:
+            user = self._catalog.add_user(
+                name, self._hash(secret, Line.UNKNOWN), invitation=code_hash
+            )
+        except InvitationError as exc:
+            raise ForbiddenError("invalid, used or expired invitation") from exc
+        log.info("registered user %s", name)
+        return user
+
+    def change_password(
+        self, user: User, old_password: str, new_password: str, address: str | None = None
+    ) -> None:
+        """Replace a user's password, proving the old one first (through the throttle
+        and the hash gate, like a login). Raises ``AuthError`` for a wrong old
+        password, ``ConfigError`` for a new one that breaks the rules,
+        ``TryLaterError``, ``StorageError``."""
+        secret = _check_password(new_password)
+        self.authenticate(user.name, old_password, address)
+        self._catalog.set_password_hash(user.id, self._hash(secret))
+        log.info("changed the password of user %s", user.name)
 
     def set_password(self, name: str, password: str) -> None:
         """Replace a user's password. Raises ``ConfigError`` (bad input, no such user)."""

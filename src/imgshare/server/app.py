@@ -273,6 +273,8 @@ def build_service(
         ),
         upload_memory=MemoryBudget(shares.upload_memory),
         max_login_failures=settings.max_login_failures,
+        registration=settings.registration,
+        registrations_per_address=settings.registrations_per_address,
         lock=lock,
     )
 

@@ -52,6 +52,9 @@ class ServerSettings:
     max_uploads_per_user: int = 4  # uploads in flight at once
     upload_memory: int = 256 * MIB  # buffers of all uploads in flight
     min_transfer_bytes: int = 64 * 1024  # per transfer_window while an image streams
+    # accounts
+    registration: str = "closed"  # "closed", "invite" or "open"
+    registrations_per_address: int = 5  # per hour, when registration is open
     # logins
     max_login_failures: int = 5  # per connection, then it is closed
     login_failures_per_account: int = 5  # free failures before logins are delayed
@@ -82,6 +85,10 @@ class ServerSettings:
             raise ConfigError(f"port must be 0..65535, not {self.port}")
         if self.tls_min not in ("1.2", "1.3"):
             raise ConfigError(f"tls_min must be '1.2' or '1.3', not {self.tls_min!r}")
+        if self.registration not in ("closed", "invite", "open"):
+            raise ConfigError(
+                f"registration must be 'closed', 'invite' or 'open', not {self.registration!r}"
+            )
         if self.listen_mode not in ("shared", "reuseport"):
             raise ConfigError(
                 f"listen_mode must be 'shared' or 'reuseport', not {self.listen_mode!r}"
@@ -111,6 +118,7 @@ class ServerSettings:
             "max_unauthenticated",
             "login_failures_per_account",
             "login_failures_per_address",
+            "registrations_per_address",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more")

@@ -40,6 +40,8 @@ from imgshare.server.service import Service
 from imgshare.server.session import Session
 from imgshare.server.threads import ThreadReuse
 from imgshare.store import User
+from imgshare.store.catalog import now_ms
+from imgshare.tls import client_certificate_name
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ SMALL_READ = 16 * 1024
 USER_CHECK_INTERVAL = 1.0
 #: How often the accept loop renews the leases of its uploads' reservations.
 LEASE_RENEWAL_INTERVAL = 30.0
+#: How often the accept loop clears expired shares out (they stop working at once).
+SHARE_EXPIRY_INTERVAL = 30.0
 TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING})
 _NO_KEYS = frozenset({State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED, State.CLOSED})
 
@@ -145,6 +149,7 @@ class ConnectionHandler:
                 conn,
                 self.peer,
                 address=self.address[0],
+                certificate_name=client_certificate_name(tls),
                 on_login=self._logged_in,
             )
             self._serve(channel, conn, self.session)
@@ -350,7 +355,7 @@ class ConnectionHandler:
         if isinstance(event, ev.Chunk):
             return self._take_chunk(conn, session, event)
         self.busy = True
-        self._logging_in = isinstance(event, ev.Login)
+        self._logging_in = type(event) in Session.OPEN_REQUESTS
         self._meter.restart()  # a new request: a transfer, if any, starts now
         try:
             for answer in session.handle(event):
@@ -416,6 +421,7 @@ class Server:
         self._all_gone = threading.Condition(self._lock)
         self._next_user_check = 0.0
         self._next_renewal = time.monotonic() + LEASE_RENEWAL_INTERVAL
+        self._next_share_expiry = 0.0
         self._chores: list[Callable[[], None]] = []
         self.stopping = stopping or threading.Event()
 
@@ -468,8 +474,21 @@ class Server:
             if now >= self._next_renewal:
                 self._next_renewal = now + LEASE_RENEWAL_INTERVAL
                 self.service.store.renew()
+            if now >= self._next_share_expiry:
+                self._next_share_expiry = now + SHARE_EXPIRY_INTERVAL
+                self.expire_shares()
         except StorageError as exc:
             log.warning("housekeeping failed: %s", exc)
+
+    def expire_shares(self) -> int:
+        """Remove shares whose time is up and record each in the audit trail (they
+        stopped working at their expiry already); return how many."""
+        catalog = self.service.catalog
+        now = now_ms()
+        expired = catalog.expire_shares(now)
+        for image_id, owner, user in expired:
+            catalog.audit("share_expired", owner, None, now, image=image_id, to=user)
+        return len(expired)
 
     def end_sessions_of_removed_users(self) -> int:
         """Cut every session whose user no longer exists; return how many."""

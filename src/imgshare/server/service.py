@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from imgshare.logs import SummarizedLog
 from imgshare.server import images
 from imgshare.server.accounts import Accounts
+from imgshare.server.credentials import Tokens
 from imgshare.server.threads import ThreadReuse
 from imgshare.server.uploads import MemoryBudget
 from imgshare.store import Catalog, ImageStore
@@ -33,6 +34,10 @@ class Service:
     image_policy: images.ImagePolicy
     upload_memory: MemoryBudget
     max_login_failures: int = 5
+    #: Who may make their own account: "closed", "invite" or "open".
+    registration: str = "closed"
+    #: Open registration: accounts one network may make per hour.
+    registrations_per_address: int = 5
     validations: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(CONCURRENT_VALIDATIONS)
     )
@@ -50,6 +55,10 @@ class Service:
     @property
     def catalog(self) -> Catalog:
         return self.store.catalog
+
+    @property
+    def tokens(self) -> Tokens:
+        return Tokens(self.store.catalog)
 
     def close(self) -> None:
         """Close the store and let the data folder go (idempotent)."""

@@ -6,41 +6,38 @@ writes them, and is the only writer. Chunks of an upload do not come here: once
 ``UPLOAD_READY`` is sent, the network layer hands them to ``session.upload``
 (``imgshare.server.upload.Upload``) itself.
 
-Every request type the protocol lets a client send is in ``Session.HANDLERS``, handled
-or refused (UNSUPPORTED) explicitly; a test checks the table against the protocol's
-state machine, so a new request type can never be silently ignored. Before every
-request but LOGIN the session re-checks that its user still exists (user ids are never
-reused), so a removed user's open session ends at its next request.
+The handlers live in two modules, one idea each: ``auth_requests`` (who you are) and
+``image_requests`` (what you do with images). Every request type the protocol lets a
+client send is in ``Session.HANDLERS``, handled or refused (UNSUPPORTED) explicitly; a
+test checks the table against the protocol's state machine, so a new request type can
+never be silently ignored. Requests other than the logins and REGISTER need a login,
+checked here once; before each of them the session also re-checks that its user still
+exists (user ids are never reused) and, if it logged in with a token, that the token
+is still live: a removed user's or a revoked token's session ends at its next request.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import ClassVar
 
-from imgshare.errors import AuthError, ImageError, QuotaError, StorageError, TryLaterError
+from imgshare.errors import LocalProtocolError
 from imgshare.logs import fields
 from imgshare.protocol import ServerConnection
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import MAX_LIST_ENTRIES, MAX_RETRY_AFTER_MS, TAG_SIZE, ErrorCode
+from imgshare.protocol.constants import ErrorCode
+from imgshare.server import auth_requests, image_requests
+from imgshare.server.answers import Answers, error
+from imgshare.server.caps import network_of
 from imgshare.server.service import Service
-from imgshare.server.upload import Upload, buffer_memory
+from imgshare.server.upload import Upload
 from imgshare.store import User
+from imgshare.store.catalog import now_ms
 
 log = logging.getLogger(__name__)
 
-Answers = Iterator[ev.Event]
-
-
-def _error(code: ErrorCode, message: str) -> ev.Error:
-    return ev.Error(code, message, fatal=False)
-
-
-def try_later(exc: TryLaterError) -> ev.Error:
-    """The TRY_LATER answer for ``exc``, with its retry hint."""
-    retry_after_ms = min(MAX_RETRY_AFTER_MS, max(1, round(exc.retry_after * 1000)))
-    return ev.Error(ErrorCode.TRY_LATER, str(exc), retry_after_ms=retry_after_ms)
+Handler = Callable[["Session", ev.Event], Answers]
 
 
 class Session:
@@ -53,18 +50,37 @@ class Session:
         peer: str,
         *,
         address: str | None = None,
+        certificate_name: str | None = None,
         authenticated_user: User | None = None,
         on_login: Callable[[User], None] | None = None,
     ) -> None:
-        """``on_login`` is told of a successful login before the client hears of it."""
+        """``certificate_name`` is the user a verified TLS client certificate names;
+        ``on_login`` is told of a successful login before the client hears of it."""
         self.service = service
         self.conn = conn
         self.peer = peer
         self.address = address  # the client's IP address, for the login throttle
+        self.network = network_of(address)  # what the audit trail and throttles keep
+        self.certificate_name = certificate_name
         self.user = authenticated_user
+        self.token_id: int | None = None  # the token this session logged in with
         self.upload: Upload | None = None
         self.login_failures = 0
         self._on_login = on_login
+
+    @property
+    def me(self) -> User:
+        """The logged-in user, for the handlers of requests that need a login."""
+        if self.user is None:
+            raise LocalProtocolError("a request that needs a login ran without one")
+        return self.user
+
+    def log_in(self, user: User, token_id: int | None = None) -> None:
+        """From now on the session acts as ``user`` (through ``token_id``, if any)."""
+        self.user = user
+        self.token_id = token_id
+        if self._on_login is not None:
+            self._on_login(user)
 
     def handle(self, event: ev.Event) -> Answers:
         """Answer one request: yield the events to send. Raises ``IntegrityError`` for a
@@ -72,9 +88,14 @@ class Session:
         handler = self.HANDLERS.get(type(event))
         if handler is None:
             raise TypeError(f"{type(event).__name__} is not a request")
-        if not isinstance(event, ev.Login) and not self._user_still_exists():
-            yield ev.Error(ErrorCode.AUTH_REQUIRED, "this account no longer exists", fatal=True)
-            return
+        if type(event) not in self.OPEN_REQUESTS:
+            if self.user is None:
+                yield error(ErrorCode.AUTH_REQUIRED, "log in first")
+                return
+            revoked = self._revoked(self.user)
+            if revoked is not None:
+                yield ev.Error(ErrorCode.AUTH_REQUIRED, revoked, fatal=True)
+                return
         yield from handler(self, event)
 
     def close(self) -> None:
@@ -83,150 +104,42 @@ class Session:
         if upload is not None:
             upload.abort()
 
-    def _user_still_exists(self) -> bool:
-        if self.user is None or self.service.catalog.get_user(self.user.id) is not None:
-            return True
-        log.warning(
-            "session ended: its user was removed",
-            extra=fields(event="user_gone", peer=self.peer, user=self.user.name),
-        )
+    def _revoked(self, user: User) -> str | None:
+        """Why this session may no longer act (for the peer), or None."""
+        catalog = self.service.catalog
+        if catalog.get_user(user.id) is None:
+            reason = "this account no longer exists"
+        elif self.token_id is not None and not catalog.token_alive(self.token_id, now_ms()):
+            reason = "the token this session logged in with was revoked or has expired"
+        else:
+            return None
+        context = fields(event="session_revoked", peer=self.peer, user=user.name)
+        log.warning("session ended: %s", reason, extra=context)
         self.close()
-        return False
+        return reason
 
-    # -- requests ---------------------------------------------------------------------
-
-    def _login(self, event: ev.Event) -> Answers:
-        assert isinstance(event, ev.Login)
-        try:
-            user = self.service.accounts.authenticate(event.username, event.password, self.address)
-        except TryLaterError as exc:
-            self.service.events.event(
-                "login_deferred", f"login deferred: {exc}", self.peer, user=event.username
-            )
-            yield try_later(exc)
-            return
-        except AuthError:
-            self.login_failures += 1
-            if self.login_failures >= self.service.max_login_failures:
-                yield ev.Error(ErrorCode.AUTH_FAILED, "too many failed logins", fatal=True)
-            else:
-                yield _error(ErrorCode.AUTH_FAILED, "invalid username or password")
-            return
-        self.user = user
-        if self._on_login is not None:
-            self._on_login(user)
-        log.info("login", extra=fields(peer=self.peer, user=user.name))
-        yield ev.LoginOk(user.name)
-
-    def _upload_begin(self, event: ev.Event) -> Answers:
-        assert isinstance(event, ev.UploadBegin)
-        user = self.user
-        if user is None:
-            yield _error(ErrorCode.AUTH_REQUIRED, "log in first")
-            return
-        header = event.header
-        try:
-            memory = self.service.upload_memory.hold(buffer_memory(header.chunk_size, header.size))
-        except TryLaterError as exc:
-            self.service.events.event(
-                "upload_deferred", f"upload deferred: {exc}", self.peer, user=user.name
-            )
-            yield try_later(exc)
-            return
-        try:
-            pending = self.service.store.begin(user, header, event.content_key)
-            self.upload = Upload(self.service, event, pending, memory)
-        except TryLaterError as exc:
-            memory.release()
-            self.service.events.event(
-                "upload_deferred", f"upload deferred: {exc}", self.peer, user=user.name
-            )
-            yield try_later(exc)
-            return
-        except QuotaError as exc:
-            memory.release()
-            log.info("upload rejected", extra=fields(user=user.name, reason="quota"))
-            yield _error(ErrorCode.QUOTA_EXCEEDED, str(exc))
-            return
-        except StorageError as exc:
-            memory.release()
-            log.error("cannot start upload: %s", exc, extra=fields(user=user.name))
-            yield _error(ErrorCode.STORAGE_FAILED, "the server cannot store images right now")
-            return
-        yield ev.UploadReady(0)
-
-    def _upload_end(self, event: ev.Event) -> Answers:
-        assert isinstance(event, ev.UploadEnd)
-        upload, self.upload = self.upload, None
-        if upload is None or self.user is None:  # the state table makes this impossible
-            raise StorageError("UPLOAD_END without an upload")
-        context = fields(user=self.user.name, peer=self.peer, name=upload.header.name)
-        try:
-            body = upload.finish(event)
-        except ImageError as exc:
-            log.info("upload rejected: %s", exc, extra=context)
-            yield _error(ErrorCode.NOT_AN_IMAGE, str(exc))
-            return
-        except StorageError as exc:
-            log.error("upload not stored: %s", exc, extra=context)
-            yield _error(ErrorCode.STORAGE_FAILED, "the server could not store the image")
-            return
-        log.info(
-            "image received",
-            extra=fields(id=body.image_id.hex(), size=body.size, **context["fields"]),
-        )
-        yield self.conn.sign_receipt(body)
-
-    def _download(self, event: ev.Event) -> Answers:
-        assert isinstance(event, ev.Download)
-        user = self.user
-        if user is None:
-            yield _error(ErrorCode.AUTH_REQUIRED, "log in first")
-            return
-        record = self.service.catalog.get_image(event.image_id.hex())
-        if record is None or record.owner_id != user.id:
-            yield _error(ErrorCode.NOT_FOUND, "no such image")
-            return
-        opened = self.service.store.open(record)
-        header = opened.header
-        with opened.sealed as stored:
-            yield ev.DownloadBegin(event.image_id, header, opened.content_key)
-            # One buffer for every chunk: the network layer sends each chunk before it
-            # asks for the next.
-            buffer = memoryview(bytearray(min(header.chunk_size, header.size) + TAG_SIZE))
-            for index in range(header.chunk_count):
-                want = header.plaintext_length(index) + TAG_SIZE
-                if stored.readinto(buffer[:want]) != want:
-                    raise StorageError(f"stored object {opened.record.id} is truncated")
-                yield ev.Chunk(index, buffer[:want], index == header.chunk_count - 1)
-        yield ev.DownloadEnd(opened.record.hmac)
-        log.info("image sent", extra=fields(id=opened.record.id, user=user.name, peer=self.peer))
-
-    def _list(self, event: ev.Event) -> Answers:
-        user = self.user
-        if user is None:
-            yield _error(ErrorCode.AUTH_REQUIRED, "log in first")
-            return
-        records = self.service.catalog.list_images(user.id)[-MAX_LIST_ENTRIES:]
-        yield ev.ImageList(
-            tuple(
-                ev.ImageEntry(bytes.fromhex(r.id), r.size, r.created_at, r.hmac, user.name, r.name)
-                for r in records
-            )
-        )
-
-    def _unsupported(self, event: ev.Event) -> Answers:
-        yield _error(ErrorCode.UNSUPPORTED, f"{type(event).__name__} is not supported yet")
+    #: Requests that need no login.
+    OPEN_REQUESTS: ClassVar[frozenset[type[ev.Event]]] = frozenset(
+        {ev.Login, ev.TokenLogin, ev.CertLogin, ev.Register}
+    )
 
     #: Every request a client may send, and what answers it.
-    HANDLERS: ClassVar[dict[type[ev.Event], Callable[[Session, ev.Event], Answers]]] = {
-        ev.Login: _login,
-        ev.UploadBegin: _upload_begin,
-        ev.UploadEnd: _upload_end,
-        ev.Download: _download,
-        ev.ListImages: _list,
-        ev.Register: _unsupported,
-        ev.TokenLogin: _unsupported,
-        ev.Share: _unsupported,
-        ev.Delete: _unsupported,
+    HANDLERS: ClassVar[dict[type[ev.Event], Handler]] = {
+        ev.Login: auth_requests.login,
+        ev.TokenLogin: auth_requests.token_login,
+        ev.CertLogin: auth_requests.cert_login,
+        ev.Register: auth_requests.register,
+        ev.Passwd: auth_requests.passwd,
+        ev.TokenCreate: auth_requests.token_create,
+        ev.TokenList: auth_requests.token_list,
+        ev.TokenRevoke: auth_requests.token_revoke,
+        ev.UploadBegin: image_requests.upload_begin,
+        ev.UploadEnd: image_requests.upload_end,
+        ev.Download: image_requests.download,
+        ev.ListImages: image_requests.list_images,
+        ev.ListPage: image_requests.list_page,
+        ev.Share: image_requests.share,
+        ev.Unshare: image_requests.unshare,
+        ev.Shares: image_requests.shares,
+        ev.Delete: image_requests.delete,
     }

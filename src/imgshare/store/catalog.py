@@ -41,11 +41,12 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from imgshare.errors import ConfigError, QuotaError, StorageError, TryLaterError
+from imgshare.store.access import AccessTables, AuditRecord, ShareRecord, TokenRecord
 from imgshare.store.blobs import OBJECT_ID_RE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 HMAC_SIZE = 32
 #: The kinds of login throttle state (see ``imgshare.server.throttle``).
 THROTTLE_SCOPES = ("account", "address")
@@ -122,10 +123,52 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) STRICT""",
         "CREATE INDEX uploads_in_flight_by_user ON uploads_in_flight (user_id)",
     ),
+    (
+        # API tokens: only a SHA-256 of each secret is kept (the secrets are random,
+        # 256 bits: no slow hash needed, and a login by token costs one lookup).
+        """CREATE TABLE tokens (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id      INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            name         TEXT    NOT NULL,
+            secret_hash  BLOB    NOT NULL UNIQUE CHECK (length(secret_hash) = 32),
+            created_ms   INTEGER NOT NULL,
+            expires_ms   INTEGER NOT NULL,          -- 0: never
+            last_used_ms INTEGER NOT NULL DEFAULT 0
+        ) STRICT""",
+        "CREATE INDEX tokens_by_user ON tokens (user_id)",
+        # One-time invitation codes, also kept hashed.
+        """CREATE TABLE invitations (
+            code_hash  BLOB    PRIMARY KEY CHECK (length(code_hash) = 32),
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            used_by    INTEGER REFERENCES users (id) ON DELETE SET NULL,
+            used_ms    INTEGER
+        ) STRICT, WITHOUT ROWID""",
+        # Who else may fetch an image; gone with the image or the user.
+        """CREATE TABLE shares (
+            image_id   TEXT    NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+            user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            granted_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,            -- 0: until unshared
+            PRIMARY KEY (image_id, user_id)
+        ) STRICT, WITHOUT ROWID""",
+        "CREATE INDEX shares_by_user ON shares (user_id, image_id)",
+        # Security events, for `imgshare audit`.
+        """CREATE TABLE audit (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            time_ms   INTEGER NOT NULL,
+            event     TEXT    NOT NULL,
+            user_name TEXT,                         -- whom it concerns, as given
+            network   TEXT,                         -- the client's, if from a connection
+            detail    TEXT    NOT NULL              -- a JSON object
+        ) STRICT""",
+        "CREATE INDEX audit_by_time ON audit (time_ms)",
+        "CREATE INDEX audit_by_user ON audit (user_name, time_ms)",
+    ),
 )
 
-_USER_COLUMNS = "id, name, password_hash, created_at"
-_IMAGE_COLUMNS = (
+USER_COLUMNS = "id, name, password_hash, created_at"
+IMAGE_COLUMNS = (
     "id, owner_id, name, size, hmac, format, width, height, header, wrapped_key, "
     "inbox_name, created_at"
 )
@@ -190,7 +233,14 @@ class Catalog(Protocol):
     """The catalog interface. Implementations are thread-safe and raise
     ``StorageError`` for database failures."""
 
-    def add_user(self, name: str, password_hash: str, created_at: int | None = None) -> User: ...
+    def add_user(
+        self,
+        name: str,
+        password_hash: str,
+        created_at: int | None = None,
+        *,
+        invitation: bytes | None = None,
+    ) -> User: ...
     def get_user(self, user_id: int) -> User | None: ...
     def get_user_by_name(self, name: str) -> User | None: ...
     def existing_user_ids(self, user_ids: Iterable[int]) -> set[int]: ...
@@ -225,14 +275,39 @@ class Catalog(Protocol):
     def release_reservation(self, reservation_id: int) -> None: ...
     def drop_reservations(self, holder: str) -> int: ...
     def uploads_in_flight(self, user_id: int) -> int: ...
+    # access (imgshare.store.access)
+    def share_image(self, image_id: str, user_id: int, now: int, expires_ms: int) -> None: ...
+    def unshare_image(self, image_id: str, user_id: int) -> bool: ...
+    def shares_of(self, image_id: str, now: int) -> list[ShareRecord]: ...
+    def readable_image(self, image_id: str, user_id: int, now: int) -> ImageRecord | None: ...
+    def list_page(
+        self, user_id: int, *, shared: bool, after: tuple[int, str], limit: int, now: int
+    ) -> tuple[list[tuple[ImageRecord, str]], bool]: ...
+    def expire_shares(self, now: int) -> list[tuple[str, str, str]]: ...
+    def add_token(
+        self, user_id: int, name: str, secret_hash: bytes, now: int, expires_ms: int
+    ) -> TokenRecord: ...
+    def token_owner(self, secret_hash: bytes, now: int) -> tuple[User, int] | None: ...
+    def token_alive(self, token_id: int, now: int) -> bool: ...
+    def list_tokens(self, user_id: int) -> list[TokenRecord]: ...
+    def revoke_token(self, user_id: int, token_id: int) -> TokenRecord | None: ...
+    def revoke_tokens(self, user_id: int, keep: int | None = None) -> int: ...
+    def add_invitation(self, code_hash: bytes, now: int, expires_ms: int) -> None: ...
+    def audit(
+        self, event: str, user_name: str | None, network: str | None, now: int, **detail: Any
+    ) -> None: ...
+    def audit_events(
+        self, *, user_name: str | None = None, event: str | None = None, limit: int = 1000
+    ) -> list[AuditRecord]: ...
+    def count_events(self, event: str, network: str, since_ms: int) -> int: ...
     def close(self) -> None: ...
 
 
-def _user(row: tuple[Any, ...]) -> User:
+def user_from_row(row: tuple[Any, ...]) -> User:
     return User(id=row[0], name=row[1], password_hash=row[2], created_at=row[3])
 
 
-def _image(row: tuple[Any, ...]) -> ImageRecord:
+def image_from_row(row: tuple[Any, ...]) -> ImageRecord:
     return ImageRecord(*row)
 
 
@@ -249,7 +324,7 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-class SQLiteCatalog:
+class SQLiteCatalog(AccessTables):
     """The catalog in one SQLite file; see the module docstring for the settings."""
 
     def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
@@ -377,8 +452,17 @@ class SQLiteCatalog:
 
     # -- users ----------------------------------------------------------------------
 
-    def add_user(self, name: str, password_hash: str, created_at: int | None = None) -> User:
-        """Insert a user. Raises ``UserExistsError`` if the name is taken."""
+    def add_user(
+        self,
+        name: str,
+        password_hash: str,
+        created_at: int | None = None,
+        *,
+        invitation: bytes | None = None,
+    ) -> User:
+        """Insert a user; with ``invitation`` (a code's hash), use that invitation up in
+        the same transaction. Raises ``UserExistsError`` if the name is taken,
+        ``InvitationError``."""
         created = now_ms() if created_at is None else created_at
         with self._write("add user") as db:
             try:
@@ -391,6 +475,12 @@ class SQLiteCatalog:
                     raise
                 raise UserExistsError(f"user {name!r} already exists") from exc
             user_id = cursor.lastrowid
+            if invitation is not None:
+                self.use_invitation(db, invitation, created)
+                db.execute(
+                    "UPDATE invitations SET used_by = ? WHERE code_hash = ?",
+                    (user_id, invitation),
+                )
         if user_id is None:  # pragma: no cover - sqlite always sets it for an INSERT
             raise StorageError("catalog add user failed: no row id")
         return User(user_id, name, password_hash, created)
@@ -402,9 +492,9 @@ class SQLiteCatalog:
     def _user_where(self, column: str, value: int | str) -> User | None:
         with self._read("get user") as db:
             row = db.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE {column} = ?", (value,)
+                f"SELECT {USER_COLUMNS} FROM users WHERE {column} = ?", (value,)
             ).fetchone()
-        return None if row is None else _user(row)
+        return None if row is None else user_from_row(row)
 
     def existing_user_ids(self, user_ids: Iterable[int]) -> set[int]:
         """Which of ``user_ids`` still name a user (to end a removed user's sessions)."""
@@ -425,8 +515,8 @@ class SQLiteCatalog:
     def list_users(self) -> list[User]:
         """All users, by name."""
         with self._read("list users") as db:
-            rows = db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name").fetchall()
-        return [_user(row) for row in rows]
+            rows = db.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY name").fetchall()
+        return [user_from_row(row) for row in rows]
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
         """Replace a user's password hash (rehash on login, password change)."""
@@ -471,7 +561,7 @@ class SQLiteCatalog:
             record.wrapped_key, record.inbox_name, record.created_at,
         )  # fmt: skip
         with self._write("add image") as db:
-            db.execute(f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES ({_IMAGE_PARAMS})", values)
+            db.execute(f"INSERT INTO images ({IMAGE_COLUMNS}) VALUES ({_IMAGE_PARAMS})", values)
             if reservation is not None:
                 db.execute("DELETE FROM uploads_in_flight WHERE id = ?", (reservation,))
 
@@ -479,18 +569,18 @@ class SQLiteCatalog:
         """The image row, or ``None``."""
         with self._read("get image") as db:
             row = db.execute(
-                f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = ?", (image_id,)
+                f"SELECT {IMAGE_COLUMNS} FROM images WHERE id = ?", (image_id,)
             ).fetchone()
-        return None if row is None else _image(row)
+        return None if row is None else image_from_row(row)
 
     def list_images(self, owner_id: int) -> list[ImageRecord]:
         """A user's images, oldest first."""
         with self._read("list images") as db:
             rows = db.execute(
-                f"SELECT {_IMAGE_COLUMNS} FROM images WHERE owner_id = ? ORDER BY created_at, id",
+                f"SELECT {IMAGE_COLUMNS} FROM images WHERE owner_id = ? ORDER BY created_at, id",
                 (owner_id,),
             ).fetchall()
-        return [_image(row) for row in rows]
+        return [image_from_row(row) for row in rows]
 
     def delete_image(self, image_id: str) -> DeletedImage | None:
         """Delete the row and with it the wrapped key; ``None`` if there was none.

@@ -1,0 +1,318 @@
+"""Who may do what, in the catalog: shares, API tokens, invitations, the audit trail.
+
+``AccessTables`` is a part of ``SQLiteCatalog`` (the tables are in its schema, version
+4), kept apart because it is one idea: the rows that grant access, and the record of
+who used them.
+
+* A share lets one user fetch another's image until it expires (0: until unshared).
+  An expired share stops working at once (every check compares its expiry with now);
+  ``expire_shares`` then removes it and says so in the audit trail.
+* A token is a random secret whose SHA-256 is stored; logging in with one costs one
+  indexed lookup. ``last_used_ms`` is written at most once a minute per token.
+* An invitation is a one-time code (also hashed) that lets one person register while
+  registration is by invitation.
+* The audit trail keeps security events with the user they concern, the client's
+  network and a JSON detail; its writes skip the WAL's fsync (the next durable commit
+  takes them along), so a crash may lose the last few events, never a user or image.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from imgshare.errors import ForbiddenError
+
+if TYPE_CHECKING:
+    from imgshare.store.catalog import ImageRecord, User
+
+
+class _Database(Protocol):
+    def _read(self, action: str) -> AbstractContextManager[sqlite3.Connection]: ...
+    def _write(
+        self, action: str, *, durable: bool = True
+    ) -> AbstractContextManager[sqlite3.Connection]: ...
+
+
+_Base: Any = _Database if TYPE_CHECKING else object
+
+#: Write a token's last use at most this often (ms): a login need not be a write.
+_LAST_USED_STEP = 60_000
+
+
+class InvitationError(ForbiddenError):
+    """The invitation code is unknown, used or expired (one answer for all three)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRecord:
+    username: str
+    granted_ms: int
+    expires_ms: int  # 0: until unshared
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id: int
+    user_id: int
+    name: str
+    created_ms: int
+    expires_ms: int  # 0: never
+    last_used_ms: int  # 0: never
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    time_ms: int
+    event: str
+    user_name: str | None
+    network: str | None
+    detail: dict[str, Any]
+
+
+_LIVE_SHARE = "(shares.expires_ms = 0 OR shares.expires_ms > ?)"
+_LIVE_TOKEN = "(tokens.expires_ms = 0 OR tokens.expires_ms > ?)"
+
+
+class AccessTables(_Base):  # type: ignore[misc]
+    """Shares, tokens, invitations and the audit trail (mixed into ``SQLiteCatalog``)."""
+
+    # -- shares ---------------------------------------------------------------------
+
+    def share_image(self, image_id: str, user_id: int, now: int, expires_ms: int) -> None:
+        """Let ``user_id`` fetch ``image_id`` until ``expires_ms`` (0: until unshared);
+        sharing again replaces the expiry."""
+        with self._write("share an image") as db:
+            db.execute(
+                "INSERT INTO shares (image_id, user_id, granted_ms, expires_ms) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (image_id, user_id) DO UPDATE SET "
+                "granted_ms = excluded.granted_ms, expires_ms = excluded.expires_ms",
+                (image_id, user_id, now, expires_ms),
+            )
+
+    def unshare_image(self, image_id: str, user_id: int) -> bool:
+        """Take a share back; return whether there was one."""
+        with self._write("unshare an image") as db:
+            cursor = db.execute(
+                "DELETE FROM shares WHERE image_id = ? AND user_id = ?", (image_id, user_id)
+            )
+        return bool(cursor.rowcount > 0)
+
+    def shares_of(self, image_id: str, now: int) -> list[ShareRecord]:
+        """The live shares of an image, by user name."""
+        with self._read("list shares") as db:
+            rows = db.execute(
+                "SELECT users.name, shares.granted_ms, shares.expires_ms FROM shares "
+                "JOIN users ON users.id = shares.user_id "
+                f"WHERE shares.image_id = ? AND {_LIVE_SHARE} ORDER BY users.name",
+                (image_id, now),
+            ).fetchall()
+        return [ShareRecord(*row) for row in rows]
+
+    def readable_image(self, image_id: str, user_id: int, now: int) -> ImageRecord | None:
+        """The image if ``user_id`` owns it or holds a live share of it, else None:
+        an image one may not read and one that does not exist look the same."""
+        from imgshare.store.catalog import IMAGE_COLUMNS, image_from_row
+
+        columns = ", ".join(f"images.{c.strip()}" for c in IMAGE_COLUMNS.split(","))
+        with self._read("get image") as db:
+            row = db.execute(
+                f"SELECT {columns} FROM images WHERE images.id = ? AND (images.owner_id = ? "
+                "OR EXISTS (SELECT 1 FROM shares WHERE shares.image_id = images.id AND "
+                f"shares.user_id = ? AND {_LIVE_SHARE}))",
+                (image_id, user_id, user_id, now),
+            ).fetchone()
+        return None if row is None else image_from_row(row)
+
+    def list_page(
+        self,
+        user_id: int,
+        *,
+        shared: bool,
+        after: tuple[int, str],
+        limit: int,
+        now: int,
+    ) -> tuple[list[tuple[ImageRecord, str]], bool]:
+        """A page of images, oldest first, after ``(created ms, id)``: the user's own,
+        or (``shared``) others' shared with them; each with its owner's name. Returns
+        the page and whether more follow."""
+        from imgshare.store.catalog import IMAGE_COLUMNS, image_from_row
+
+        columns = ", ".join(f"images.{c.strip()}" for c in IMAGE_COLUMNS.split(","))
+        if shared:
+            where = (
+                "JOIN shares ON shares.image_id = images.id AND shares.user_id = ? "
+                f"AND {_LIVE_SHARE} WHERE 1"
+            )
+            params: tuple[Any, ...] = (user_id, now)
+        else:
+            where, params = "WHERE images.owner_id = ?", (user_id,)
+        with self._read("list images") as db:
+            rows = db.execute(
+                f"SELECT {columns}, users.name FROM images "
+                f"JOIN users ON users.id = images.owner_id {where} "
+                "AND (images.created_at, images.id) > (?, ?) "
+                "ORDER BY images.created_at, images.id LIMIT ?",
+                (*params, after[0], after[1], limit + 1),
+            ).fetchall()
+        page = [(image_from_row(row[:-1]), str(row[-1])) for row in rows[:limit]]
+        return page, len(rows) > limit
+
+    def expire_shares(self, now: int) -> list[tuple[str, str, str]]:
+        """Remove shares whose time is up; return ``(image id, owner, user)`` of each."""
+        with self._write("expire shares") as db:
+            rows = db.execute(
+                "SELECT shares.image_id, owners.name, users.name FROM shares "
+                "JOIN images ON images.id = shares.image_id "
+                "JOIN users AS owners ON owners.id = images.owner_id "
+                "JOIN users ON users.id = shares.user_id "
+                "WHERE shares.expires_ms != 0 AND shares.expires_ms <= ?",
+                (now,),
+            ).fetchall()
+            db.execute("DELETE FROM shares WHERE expires_ms != 0 AND expires_ms <= ?", (now,))
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+    # -- tokens ---------------------------------------------------------------------
+
+    def add_token(
+        self, user_id: int, name: str, secret_hash: bytes, now: int, expires_ms: int
+    ) -> TokenRecord:
+        """Store a new token's hash; return its row."""
+        with self._write("create a token") as db:
+            cursor = db.execute(
+                "INSERT INTO tokens (user_id, name, secret_hash, created_ms, expires_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (user_id, name, secret_hash, now, expires_ms),
+            )
+        assert cursor.lastrowid is not None
+        return TokenRecord(cursor.lastrowid, user_id, name, now, expires_ms, 0)
+
+    def token_owner(self, secret_hash: bytes, now: int) -> tuple[User, int] | None:
+        """The user a live token belongs to, and the token's id; None otherwise."""
+        from imgshare.store.catalog import USER_COLUMNS, user_from_row
+
+        columns = ", ".join(f"users.{c.strip()}" for c in USER_COLUMNS.split(","))
+        with self._read("check a token") as db:
+            row = db.execute(
+                f"SELECT {columns}, tokens.id, tokens.last_used_ms FROM tokens "
+                f"JOIN users ON users.id = tokens.user_id "
+                f"WHERE tokens.secret_hash = ? AND {_LIVE_TOKEN}",
+                (secret_hash, now),
+            ).fetchone()
+        if row is None:
+            return None
+        token_id, last_used = int(row[-2]), int(row[-1])
+        if now - last_used >= _LAST_USED_STEP:
+            with self._write("note a token's use", durable=False) as db:
+                db.execute("UPDATE tokens SET last_used_ms = ? WHERE id = ?", (now, token_id))
+        return user_from_row(row[:-2]), token_id
+
+    def token_alive(self, token_id: int, now: int) -> bool:
+        """Whether a token still exists and has not expired."""
+        with self._read("check a token") as db:
+            row = db.execute(
+                f"SELECT 1 FROM tokens WHERE id = ? AND {_LIVE_TOKEN}", (token_id, now)
+            ).fetchone()
+        return row is not None
+
+    def list_tokens(self, user_id: int) -> list[TokenRecord]:
+        """A user's tokens, oldest first (expired ones included, marked by their time)."""
+        with self._read("list tokens") as db:
+            rows = db.execute(
+                "SELECT id, user_id, name, created_ms, expires_ms, last_used_ms FROM tokens "
+                "WHERE user_id = ? ORDER BY id",
+                (user_id,),
+            ).fetchall()
+        return [TokenRecord(*row) for row in rows]
+
+    def revoke_token(self, user_id: int, token_id: int) -> TokenRecord | None:
+        """Delete one of the user's tokens; return it, or None if there was none."""
+        with self._write("revoke a token") as db:
+            row = db.execute(
+                "DELETE FROM tokens WHERE id = ? AND user_id = ? "
+                "RETURNING id, user_id, name, created_ms, expires_ms, last_used_ms",
+                (token_id, user_id),
+            ).fetchone()
+        return None if row is None else TokenRecord(*row)
+
+    def revoke_tokens(self, user_id: int, keep: int | None = None) -> int:
+        """Delete all of a user's tokens but ``keep``; return how many."""
+        with self._write("revoke tokens") as db:
+            cursor = db.execute(
+                "DELETE FROM tokens WHERE user_id = ? AND id IS NOT ?", (user_id, keep)
+            )
+        return int(cursor.rowcount)
+
+    # -- invitations ----------------------------------------------------------------
+
+    def add_invitation(self, code_hash: bytes, now: int, expires_ms: int) -> None:
+        with self._write("create an invitation") as db:
+            db.execute(
+                "INSERT INTO invitations (code_hash, created_ms, expires_ms) VALUES (?, ?, ?)",
+                (code_hash, now, expires_ms),
+            )
+
+    def use_invitation(self, db: sqlite3.Connection, code_hash: bytes, now: int) -> None:
+        """Mark an invitation used, inside the caller's transaction (the one that adds
+        the user, who is then its ``used_by``). Raises ``InvitationError``."""
+        cursor = db.execute(
+            "UPDATE invitations SET used_ms = ? WHERE code_hash = ? AND used_ms IS NULL "
+            "AND expires_ms > ?",
+            (now, code_hash, now),
+        )
+        if cursor.rowcount != 1:
+            raise InvitationError("invalid, used or expired invitation")
+
+    # -- the audit trail ------------------------------------------------------------
+
+    def audit(
+        self,
+        event: str,
+        user_name: str | None,
+        network: str | None,
+        now: int,
+        **detail: Any,
+    ) -> None:
+        """Record a security event (see the module docstring on durability)."""
+        with self._write("record an event", durable=False) as db:
+            db.execute(
+                "INSERT INTO audit (time_ms, event, user_name, network, detail) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (now, event, user_name, network, json.dumps(detail, sort_keys=True)),
+            )
+
+    def audit_events(
+        self, *, user_name: str | None = None, event: str | None = None, limit: int = 1000
+    ) -> list[AuditRecord]:
+        """The newest ``limit`` events (of one user, or one kind), oldest first."""
+        clauses, params = [], []
+        if user_name is not None:
+            clauses.append("user_name = ?")
+            params.append(user_name)
+        if event is not None:
+            clauses.append("event = ?")
+            params.append(event)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._read("read the audit trail") as db:
+            rows = db.execute(
+                "SELECT id, time_ms, event, user_name, network, detail FROM audit "
+                f"{where} ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        return [
+            AuditRecord(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+            for row in reversed(rows)
+        ]
+
+    def count_events(self, event: str, network: str, since_ms: int) -> int:
+        """How many ``event`` events came from ``network`` since ``since_ms``."""
+        with self._read("count events") as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM audit WHERE event = ? AND network = ? AND time_ms >= ?",
+                (event, network, since_ms),
+            ).fetchone()
+        return int(row[0])
