@@ -113,6 +113,7 @@ class Worker:
         self.logins: dict[str, list[tuple[str, str]]] = {}
         self.ports: dict[str, int] = {}  # imgshare pools on another port than the default
         self.busy = BusyCounter.install()
+        self.token: bytes | None = None
 
     # -- connections -------------------------------------------------------------
 
@@ -322,6 +323,20 @@ class Worker:
 
             return session
 
+        def token_login(token: bytes) -> Callable[[], None]:
+            def session() -> None:
+                s = ClientSession.connect(
+                    HOST, self.imgshare_port, self.context, verifier=self.verifier, timeout=60
+                )
+                try:
+                    s.token_login(token)
+                finally:
+                    s.close()
+
+            return session
+
+        if kind == "imgshare_token":
+            return token_login(self._token(user, password))
         makers: dict[str, Callable[[], None]] = {
             "nginx_tls": tls_only(self.nginx_port),
             "imgshare_tls": tls_only(self.imgshare_port),
@@ -329,6 +344,13 @@ class Worker:
             "imgshare_login": app(True),
         }
         return makers[kind]
+
+    def _token(self, user: str, password: str) -> bytes:
+        """One API token per load generator process, made once with the password."""
+        if self.token is None:
+            with self._session(user, password) as session:
+                self.token = session.create_token("bench").secret
+        return self.token
 
 
 def _reply(message: dict[str, Any]) -> None:

@@ -690,7 +690,8 @@ def held(bench: Bench) -> dict[str, Any]:
 SESSION_KINDS = {
     "nginx_tls": "nginx: TLS 1.3 handshake",
     "imgshare_tls": "imgshare: TLS 1.3 handshake only (diagnostic)",
-    "imgshare_app": "imgshare: TLS + app handshake (stand-in for token login)",
+    "imgshare_app": "imgshare: TLS + app handshake, no login",
+    "imgshare_token": "imgshare: TLS + app handshake + token login",
     "imgshare_login": "imgshare: TLS + app handshake + password login (argon2id)",
 }
 
@@ -740,6 +741,10 @@ def sessions(bench: Bench) -> dict[str, Any]:
             ),
             "tls_vs_nginx_tls": _ratio(
                 summary["warm"]["imgshare_tls"]["per_s"]["median"],
+                summary["warm"]["nginx_tls"]["per_s"]["median"],
+            ),
+            "token_vs_nginx_tls": _ratio(
+                summary["warm"]["imgshare_token"]["per_s"]["median"],
                 summary["warm"]["nginx_tls"]["per_s"]["median"],
             ),
             "login_vs_nginx_tls": _ratio(

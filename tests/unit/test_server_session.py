@@ -16,6 +16,7 @@ import io
 import os
 import random
 import select
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,25 @@ from imgshare.protocol import (
     UploadHeader,
 )
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import MAX_RETRY_AFTER_MS, RECORD_HEADER_SIZE, ErrorCode
+from imgshare.protocol.constants import (
+    MAX_RETRY_AFTER_MS,
+    RECORD_HEADER_SIZE,
+    ErrorCode,
+    ListScope,
+)
 from imgshare.protocol.state import TRANSITIONS, Role
 from imgshare.protocol.stream import new_upload
 from imgshare.server import upload as upload_module
 from imgshare.server.accounts import Accounts
 from imgshare.server.app import Shares, build_service, store_config
 from imgshare.server.config import ServerSettings
+from imgshare.server.credentials import new_invitation
 from imgshare.server.service import Service
 from imgshare.server.session import Session
 from imgshare.server.upload import Upload
 from imgshare.store import User, generate_storage_key, open_store
+from imgshare.store.access import AuditRecord
+from imgshare.store.catalog import now_ms
 from protocol_helpers import feed, fixed_p256_key, self_signed_certificate
 
 HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -109,13 +118,24 @@ class Wire:
     """One connection: a client, the server's connection core and its session, joined
     in memory. The test plays the network layer."""
 
-    def __init__(self, service: Service, address: str = "192.0.2.7") -> None:
+    def __init__(
+        self,
+        service: Service,
+        address: str = "192.0.2.7",
+        *,
+        certificate_name: str | None = None,
+    ) -> None:
         self.service = service
         self.client = ClientConnection(PinnedCertificate(CERTIFICATE))
         self.server = ServerConnection(CERTIFICATE, SERVER_KEY)
         self.logins: list[User] = []
         self.session = Session(
-            service, self.server, f"{address}:50000", address=address, on_login=self.logins.append
+            service,
+            self.server,
+            f"{address}:50000",
+            address=address,
+            certificate_name=certificate_name,
+            on_login=self.logins.append,
         )
         assert feed(self.server, self.client.initiate()) == []
         (done,) = feed(self.client, self.server.data_to_send())
@@ -145,6 +165,11 @@ class Wire:
 
     def login(self, name: str = "alice", password: str = PASSWORD) -> list[ev.Event]:
         return self.request(ev.Login(name, password))
+
+    def login_as(self, name: str) -> Wire:
+        """Log in (with the password) and return this wire."""
+        assert self.login(name) == [ev.LoginOk(name)]
+        return self
 
     # -- uploads --------------------------------------------------------------------------
 
@@ -686,3 +711,530 @@ def test_an_upload_without_inbox_copies(make_service: ServiceFactory) -> None:
     refused = error(wire.upload(PNG[:-2000]))  # the check still reads the scratch copy
     assert refused.code is ErrorCode.NOT_AN_IMAGE
     assert settled(service, user(service, "alice"))
+
+
+# --- accounts: registration ----------------------------------------------------------------
+
+
+def events_of(service: Service, kind: str) -> list[AuditRecord]:
+    return service.catalog.audit_events(event=kind)
+
+
+def test_registration_is_closed_by_default(service: Service) -> None:
+    wire = Wire(service)
+    refused = error(wire.request(ev.Register("carol", PASSWORD)))
+    assert (refused.code, refused.fatal) == (ErrorCode.FORBIDDEN, False)
+    assert "closed" in refused.message
+    assert service.catalog.get_user_by_name("carol") is None
+    assert events_of(service, "registered") == []
+    assert wire.client.state is State.IDLE
+
+
+def test_registration_by_invitation(make_service: ServiceFactory) -> None:
+    service = make_service(registration="invite")
+    code = new_invitation(service.catalog, now_ms(), now_ms() + 60_000)
+    wire = Wire(service)
+    for invitation in (b"", b"imgshare-invite-not-a-real-one"):
+        refused = error(wire.request(ev.Register("carol", PASSWORD, invitation)))
+        assert (refused.code, refused.fatal) == (ErrorCode.FORBIDDEN, False)
+    assert service.catalog.get_user_by_name("carol") is None
+
+    assert wire.request(ev.Register("carol", PASSWORD, code.encode())) == [ev.Ok()]
+    carol = user(service, "carol")
+    (registered,) = events_of(service, "registered")
+    assert (registered.user_name, registered.network) == ("carol", "192.0.2.7")
+    assert registered.detail == {"mode": "invite"}
+    assert wire.session.user is None  # registering is not logging in
+    assert error(wire.request(ev.ListImages())).code is ErrorCode.AUTH_REQUIRED
+    assert wire.login("carol") == [ev.LoginOk("carol")]
+
+    used = error(Wire(service).request(ev.Register("dave", PASSWORD, code.encode())))
+    assert used.code is ErrorCode.FORBIDDEN  # one time only
+    assert service.catalog.get_user_by_name("dave") is None
+    assert user(service, "carol") == carol
+
+
+def test_registration_refuses_a_taken_or_bad_name_without_using_the_code(
+    make_service: ServiceFactory,
+) -> None:
+    service = make_service(registration="invite")
+    code = new_invitation(service.catalog, now_ms(), now_ms() + 60_000).encode()
+    wire = Wire(service)
+    taken = error(wire.request(ev.Register("alice", "another password", code)))
+    assert (taken.code, taken.fatal) == (ErrorCode.ALREADY_EXISTS, False)
+    for bad in ("Carol", "", "carol\n", "-carol", "c" * 33):
+        refused = error(wire.request(ev.Register(bad, PASSWORD, code)))
+        assert (refused.code, refused.fatal) == (ErrorCode.INVALID_ARGUMENT, False), bad
+    short = error(wire.request(ev.Register("carol", "short", code)))
+    assert short.code is ErrorCode.INVALID_ARGUMENT
+    assert wire.login() == [ev.LoginOk("alice")]  # alice's password did not change
+    # None of those used the invitation up.
+    assert Wire(service).request(ev.Register("carol", PASSWORD, code)) == [ev.Ok()]
+
+
+def test_a_made_up_invitation_learns_nothing_about_names(make_service: ServiceFactory) -> None:
+    service = make_service(registration="invite")
+    fake = b"imgshare-invite-made-up"
+    for name in ("alice", "nobody"):  # taken and free alike: the code is checked first
+        refused = error(Wire(service).request(ev.Register(name, PASSWORD, fake)))
+        assert (refused.code, str(refused.message)) == (
+            ErrorCode.FORBIDDEN,
+            "invalid, used or expired invitation",
+        )
+
+
+def test_open_registration_is_throttled_per_network(make_service: ServiceFactory) -> None:
+    service = make_service(registration="open", registrations_per_address=2)
+    wire = Wire(service)
+    assert wire.request(ev.Register("carol", PASSWORD)) == [ev.Ok()]
+    taken = error(wire.request(ev.Register("carol", PASSWORD)))
+    assert taken.code is ErrorCode.ALREADY_EXISTS
+    assert Wire(service).request(ev.Register("dave", PASSWORD)) == [ev.Ok()]
+    deferred = error(Wire(service).request(ev.Register("erin", PASSWORD)))
+    assert (deferred.code, deferred.fatal) == (ErrorCode.TRY_LATER, False)
+    assert deferred.retry_after_ms > 0
+    assert service.catalog.get_user_by_name("erin") is None
+    # Another network may still register.
+    assert Wire(service, address="198.51.100.9").request(ev.Register("erin", PASSWORD)) == [ev.Ok()]
+    assert [e.user_name for e in events_of(service, "registered")] == ["carol", "dave", "erin"]
+
+
+# --- accounts: tokens ----------------------------------------------------------------------
+
+
+def new_token(wire: Wire, name: str = "laptop", expires_ms: int = 0) -> ev.Token:
+    (token,) = wire.request(ev.TokenCreate(name, expires_ms))
+    assert isinstance(token, ev.Token), token
+    return token
+
+
+def test_a_token_is_shown_once_listed_without_its_secret_and_logs_in(service: Service) -> None:
+    wire = Wire(service)
+    wire.login()
+    expires = now_ms() + 3_600_000
+    token = new_token(wire, "laptop", expires)
+    assert token.secret.startswith(b"imgshare-token-") and token.expires_ms == expires
+    (listing,) = wire.request(ev.TokenList())
+    assert isinstance(listing, ev.Tokens)
+    (info,) = listing.tokens
+    assert (info.token_id, info.name, info.expires_ms, info.last_used_ms) == (
+        token.token_id,
+        "laptop",
+        expires,
+        0,
+    )
+    (stored,) = service.catalog.list_tokens(user(service, "alice").id)
+    assert (stored.id, stored.name) == (token.token_id, "laptop")
+
+    other = Wire(service)
+    assert other.request(ev.TokenLogin(token.secret)) == [ev.LoginOk("alice")]
+    assert other.session.token_id == token.token_id
+    assert other.logins == [user(service, "alice")]
+    assert other.request(ev.ListImages()) == [ev.ImageList(())]
+    logins = events_of(service, "login")
+    assert [e.detail["method"] for e in logins] == ["password", "token"]
+    (created,) = events_of(service, "token_created")
+    assert created.detail == {"token_id": token.token_id, "name": "laptop"}
+
+
+def test_a_wrong_token_is_an_auth_failure(service: Service) -> None:
+    wire = Wire(service)
+    for secret in (b"imgshare-token-" + b"A" * 43, b"not even the prefix"):
+        failed = error(wire.request(ev.TokenLogin(secret)))
+        assert (failed.code, failed.fatal) == (ErrorCode.AUTH_FAILED, False)
+    assert wire.session.user is None and wire.session.login_failures == 2
+    failures = events_of(service, "login_failed")
+    assert [(e.user_name, e.detail["method"]) for e in failures] == [(None, "token")] * 2
+
+
+def test_a_token_needs_a_printable_name_and_a_future_expiry(service: Service) -> None:
+    wire = Wire(service)
+    wire.login()
+    for name in ("", "   ", "bad\nname", "tab\there"):
+        refused = error(wire.request(ev.TokenCreate(name)))
+        assert (refused.code, refused.fatal) == (ErrorCode.INVALID_ARGUMENT, False), name
+    past = error(wire.request(ev.TokenCreate("late", now_ms() - 1)))
+    assert past.code is ErrorCode.INVALID_ARGUMENT
+    assert service.catalog.list_tokens(user(service, "alice").id) == []
+
+
+def test_token_requests_need_a_login(service: Service) -> None:
+    wire = Wire(service)
+    for request in (ev.TokenCreate("x"), ev.TokenList(), ev.TokenRevoke(1)):
+        assert error(wire.request(request)).code is ErrorCode.AUTH_REQUIRED
+
+
+def test_revoking_a_token(service: Service) -> None:
+    alice, bob = Wire(service), Wire(service)
+    alice.login()
+    bob.login("bob")
+    token = new_token(alice)
+    refused = error(bob.request(ev.TokenRevoke(token.token_id)))  # not bob's
+    assert (refused.code, refused.fatal) == (ErrorCode.NOT_FOUND, False)
+    assert alice.request(ev.TokenRevoke(token.token_id)) == [ev.Ok()]
+    assert error(alice.request(ev.TokenRevoke(token.token_id))).code is ErrorCode.NOT_FOUND
+    failed = error(Wire(service).request(ev.TokenLogin(token.secret)))
+    assert failed.code is ErrorCode.AUTH_FAILED
+    assert alice.request(ev.TokenList()) == [ev.Tokens(())]
+    (revoked,) = events_of(service, "token_revoked")
+    assert (revoked.user_name, revoked.detail) == (
+        "alice",
+        {"token_id": token.token_id, "name": "laptop"},
+    )
+
+
+def test_a_revoked_token_ends_its_session_at_the_next_request(service: Service) -> None:
+    owner = Wire(service)
+    owner.login()
+    token = new_token(owner)
+    by_token = Wire(service)
+    assert by_token.request(ev.TokenLogin(token.secret)) == [ev.LoginOk("alice")]
+    assert owner.request(ev.TokenRevoke(token.token_id)) == [ev.Ok()]
+    ended = error(by_token.request(ev.ListImages()))
+    assert (ended.code, ended.fatal) == (ErrorCode.AUTH_REQUIRED, True)
+    assert by_token.client.state is by_token.server.state is State.CLOSED
+    assert owner.request(ev.ListImages()) == [ev.ImageList(())]  # a password session goes on
+
+
+def test_an_expired_token_ends_its_session_at_the_next_request(service: Service) -> None:
+    alice = user(service, "alice")
+    record, secret = service.tokens.create(alice, "brief", now_ms(), now_ms() + 300)
+    wire = Wire(service)
+    assert wire.request(ev.TokenLogin(secret)) == [ev.LoginOk("alice")]
+    assert wire.session.token_id == record.id
+    time.sleep(0.35)
+    ended = error(wire.request(ev.ListImages()))
+    assert (ended.code, ended.fatal) == (ErrorCode.AUTH_REQUIRED, True)
+    assert error(Wire(service).request(ev.TokenLogin(secret))).code is ErrorCode.AUTH_FAILED
+
+
+# --- accounts: changing one's password -----------------------------------------------------
+
+
+def test_passwd_changes_the_password_and_keeps_tokens(service: Service) -> None:
+    wire = Wire(service)
+    wire.login()
+    token = new_token(wire)
+    assert wire.request(ev.Passwd(PASSWORD, "a brand new password")) == [ev.Ok()]
+    assert error(Wire(service).login()).code is ErrorCode.AUTH_FAILED
+    assert Wire(service).login(password="a brand new password") == [ev.LoginOk("alice")]
+    assert Wire(service).request(ev.TokenLogin(token.secret)) == [ev.LoginOk("alice")]
+    (changed,) = events_of(service, "password_changed")
+    assert (changed.user_name, changed.detail) == ("alice", {"tokens_revoked": 0})
+
+
+def test_passwd_can_revoke_every_other_token(service: Service) -> None:
+    owner = Wire(service)
+    owner.login()
+    mine, other, third = new_token(owner, "mine"), new_token(owner, "other"), new_token(owner)
+    bobs = new_token(Wire(service).login_as("bob"))
+    wire = Wire(service)
+    assert wire.request(ev.TokenLogin(mine.secret)) == [ev.LoginOk("alice")]
+    assert wire.request(ev.Passwd(PASSWORD, "a brand new password", True)) == [ev.Ok()]
+    remaining = service.catalog.list_tokens(user(service, "alice").id)
+    assert [t.id for t in remaining] == [mine.token_id]  # this session's token stays
+    assert wire.request(ev.ListImages()) == [ev.ImageList(())]  # and so does the session
+    for gone in (other, third):
+        assert error(Wire(service).request(ev.TokenLogin(gone.secret))).code is (
+            ErrorCode.AUTH_FAILED
+        )
+    assert Wire(service).request(ev.TokenLogin(bobs.secret)) == [ev.LoginOk("bob")]
+    (changed,) = events_of(service, "password_changed")
+    assert changed.detail == {"tokens_revoked": 2}
+
+
+def test_passwd_from_a_password_session_revokes_all_tokens(service: Service) -> None:
+    wire = Wire(service)
+    wire.login()
+    new_token(wire)
+    new_token(wire)
+    assert wire.request(ev.Passwd(PASSWORD, "a brand new password", True)) == [ev.Ok()]
+    assert service.catalog.list_tokens(user(service, "alice").id) == []
+
+
+def test_a_password_change_ends_the_other_password_sessions_only(service: Service) -> None:
+    changer, other = Wire(service), Wire(service)
+    changer.login()
+    other.login()
+    by_token = Wire(service)
+    assert by_token.request(ev.TokenLogin(new_token(changer).secret)) == [ev.LoginOk("alice")]
+    assert changer.request(ev.Passwd(PASSWORD, "a brand new password")) == [ev.Ok()]
+    assert changer.request(ev.ListImages()) == [ev.ImageList(())]  # the changer goes on
+    assert by_token.request(ev.ListImages()) == [ev.ImageList(())]  # its token still holds
+    ended = error(other.request(ev.ListImages()))
+    assert (ended.code, ended.fatal) == (ErrorCode.AUTH_REQUIRED, True)
+    assert "password" in ended.message
+
+
+def test_an_administrators_reset_ends_every_session_of_the_user(service: Service) -> None:
+    by_password, by_token, bobs = Wire(service), Wire(service), Wire(service).login_as("bob")
+    by_password.login()
+    assert by_token.request(ev.TokenLogin(new_token(by_password).secret)) == [ev.LoginOk("alice")]
+    assert service.accounts.set_password("alice", "the administrator's choice") == 1
+    for wire in (by_password, by_token):
+        ended = error(wire.request(ev.ListImages()))
+        assert (ended.code, ended.fatal) == (ErrorCode.AUTH_REQUIRED, True)
+    assert bobs.request(ev.ListImages()) == [ev.ImageList(())]
+    assert Wire(service).login(password="the administrator's choice") == [ev.LoginOk("alice")]
+
+
+def test_passwd_with_a_wrong_old_password_changes_nothing(service: Service) -> None:
+    wire = Wire(service)
+    wire.login()
+    token = new_token(wire)
+    refused = error(wire.request(ev.Passwd("not my password", "a brand new password", True)))
+    assert (refused.code, refused.fatal) == (ErrorCode.AUTH_FAILED, False)
+    assert wire.client.state is State.IDLE
+    short = error(wire.request(ev.Passwd(PASSWORD, "short")))
+    assert (short.code, short.fatal) == (ErrorCode.INVALID_ARGUMENT, False)
+    assert Wire(service).login() == [ev.LoginOk("alice")]
+    assert Wire(service).request(ev.TokenLogin(token.secret)) == [ev.LoginOk("alice")]
+    assert events_of(service, "password_changed") == []
+
+
+# --- accounts: certificate logins ----------------------------------------------------------
+
+
+def test_a_certificate_login_needs_a_certificate_naming_a_user(service: Service) -> None:
+    without = Wire(service)
+    failed = error(without.request(ev.CertLogin()))
+    assert (failed.code, failed.fatal) == (ErrorCode.AUTH_FAILED, False)
+    assert without.session.user is None and without.session.login_failures == 1
+    unknown = Wire(service, certificate_name="mallory")
+    assert error(unknown.request(ev.CertLogin())).code is ErrorCode.AUTH_FAILED
+    named = Wire(service, certificate_name="alice")
+    assert named.request(ev.CertLogin()) == [ev.LoginOk("alice")]
+    assert named.session.user == user(service, "alice")
+    assert [e.detail["method"] for e in events_of(service, "login_failed")] == [
+        "certificate",
+        "certificate",
+    ]
+    (login,) = events_of(service, "login")
+    assert (login.user_name, login.detail) == ("alice", {"method": "certificate"})
+
+
+# --- sharing -------------------------------------------------------------------------------
+
+
+def uploaded(wire: Wire, plaintext: bytes = PNG, name: str = "photo.png") -> ev.Receipt:
+    (receipt,) = wire.upload(plaintext, name)
+    assert isinstance(receipt, ev.Receipt), receipt
+    return receipt
+
+
+def downloaded(wire: Wire, image_id: bytes) -> tuple[bytes, bytes]:
+    """Fetch an image; return its plaintext and the HMAC the client verified."""
+    begin, *chunks, end = wire.request(ev.Download(image_id))
+    assert isinstance(begin, ev.DownloadBegin) and isinstance(end, ev.DownloadEnd)
+    opener = StreamOpener(begin.header, begin.content_key)
+    plaintext = b"".join(bytes(opener.open(c.data)) for c in chunks if isinstance(c, ev.Chunk))
+    return plaintext, opener.finish(end.hmac)
+
+
+@pytest.fixture
+def carol(service: Service) -> Wire:
+    Accounts(service.catalog, hasher=HASHER).add_user("carol", PASSWORD)
+    wire = Wire(service)
+    wire.login("carol")
+    return wire
+
+
+def test_a_shared_image_is_fetched_byte_identical(service: Service, carol: Wire) -> None:
+    alice, bob = Wire(service), Wire(service)
+    alice.login()
+    bob.login("bob")
+    receipt = uploaded(alice, name="for bob.png")
+    image_id = receipt.body.image_id
+    assert error(bob.request(ev.Download(image_id))).code is ErrorCode.NOT_FOUND
+    assert alice.request(ev.Share(image_id, "bob")) == [ev.Ok()]
+
+    plaintext, hmac = downloaded(bob, image_id)
+    assert plaintext == PNG
+    assert hmac == receipt.body.hmac  # the uploader's HMAC, verified by the reader
+    stranger = error(carol.request(ev.Download(image_id)))
+    missing = error(carol.request(ev.Download(os.urandom(16))))
+    assert (stranger.code, stranger.message) == (missing.code, missing.message)
+    assert stranger.code is ErrorCode.NOT_FOUND
+    (granted,) = events_of(service, "share_granted")
+    assert (granted.user_name, granted.detail) == (
+        "alice",
+        {"image": image_id.hex(), "to": "bob", "expires_ms": 0},
+    )
+
+
+def test_shares_lists_who_can_see_an_image(service: Service, carol: Wire) -> None:
+    alice = Wire(service)
+    alice.login()
+    image_id = uploaded(alice).body.image_id
+    expires = now_ms() + 3_600_000
+    assert alice.request(ev.Share(image_id, "bob", expires)) == [ev.Ok()]
+    assert alice.request(ev.Share(image_id, "carol")) == [ev.Ok()]
+    (listing,) = alice.request(ev.Shares(image_id))
+    assert isinstance(listing, ev.ShareList) and listing.image_id == image_id
+    assert [(s.username, s.expires_ms) for s in listing.shares] == [("bob", expires), ("carol", 0)]
+    assert alice.request(ev.Unshare(image_id, "carol")) == [ev.Ok()]
+    (listing,) = alice.request(ev.Shares(image_id))
+    assert isinstance(listing, ev.ShareList)
+    assert [s.username for s in listing.shares] == ["bob"]
+    assert error(carol.request(ev.Download(image_id))).code is ErrorCode.NOT_FOUND
+    (revoked,) = events_of(service, "share_revoked")
+    assert revoked.detail == {"image": image_id.hex(), "to": "carol"}
+
+
+def test_only_the_owner_may_share_unshare_list_shares_or_delete(
+    service: Service, carol: Wire
+) -> None:
+    alice, bob = Wire(service), Wire(service)
+    alice.login()
+    bob.login("bob")
+    image_id = uploaded(alice).body.image_id
+    assert alice.request(ev.Share(image_id, "bob")) == [ev.Ok()]
+    assert alice.request(ev.Share(image_id, "carol")) == [ev.Ok()]
+    nowhere = os.urandom(16)
+    # bob may fetch it, but not act as its owner; to him and to anyone it is as if
+    # it did not exist.
+    for wire in (bob, carol):
+        for make in (
+            lambda i: ev.Share(i, "alice"),
+            lambda i: ev.Unshare(i, "carol"),
+            lambda i: ev.Shares(i),
+            lambda i: ev.Delete(i),
+        ):
+            refused = error(wire.request(make(image_id)))
+            missing = error(wire.request(make(nowhere)))
+            assert refused.code is ErrorCode.NOT_FOUND and not refused.fatal
+            assert (refused.code, refused.message) == (missing.code, missing.message)
+    assert service.catalog.get_image(image_id.hex()) is not None
+    (listing,) = alice.request(ev.Shares(image_id))
+    assert isinstance(listing, ev.ShareList)
+    assert [s.username for s in listing.shares] == ["bob", "carol"]
+
+
+def test_unshare_answers_alike_for_every_share_that_is_not(service: Service, carol: Wire) -> None:
+    alice = Wire(service)
+    alice.login()
+    image_id = uploaded(alice).body.image_id
+    answers = {
+        (e.code, e.message)
+        for e in (
+            error(alice.request(ev.Unshare(image_id, "bob"))),  # not shared with bob
+            error(alice.request(ev.Unshare(image_id, "nobody"))),  # no such user
+            error(alice.request(ev.Unshare(os.urandom(16), "bob"))),  # no such image
+        )
+    }
+    assert answers == {(ErrorCode.NOT_FOUND, "no such share")}
+    assert events_of(service, "share_revoked") == []
+
+
+def test_sharing_with_oneself_nobody_or_until_the_past_is_refused(service: Service) -> None:
+    alice = Wire(service)
+    alice.login()
+    image_id = uploaded(alice).body.image_id
+    itself = error(alice.request(ev.Share(image_id, "alice")))
+    assert (itself.code, itself.fatal) == (ErrorCode.INVALID_ARGUMENT, False)
+    nobody = error(alice.request(ev.Share(image_id, "nobody")))
+    assert (nobody.code, nobody.fatal) == (ErrorCode.NOT_FOUND, False)
+    past = error(alice.request(ev.Share(image_id, "bob", now_ms() - 1)))
+    assert (past.code, past.fatal) == (ErrorCode.INVALID_ARGUMENT, False)
+    assert service.catalog.shares_of(image_id.hex(), now_ms()) == []
+    assert events_of(service, "share_granted") == []
+
+
+def test_an_expired_share_stops_at_once(service: Service) -> None:
+    alice, bob = Wire(service), Wire(service)
+    alice.login()
+    bob.login("bob")
+    image_id = uploaded(alice).body.image_id
+    assert alice.request(ev.Share(image_id, "bob", now_ms() + 300)) == [ev.Ok()]
+    assert downloaded(bob, image_id)[0] == PNG
+    time.sleep(0.35)
+    assert error(bob.request(ev.Download(image_id))).code is ErrorCode.NOT_FOUND
+    (page,) = bob.request(ev.ListPage(ListScope.SHARED_WITH_ME))
+    assert page == ev.ImagePage((), False)
+
+
+def test_an_expiry_out_of_range_is_refused_not_a_crash(service: Service) -> None:
+    alice = Wire(service)
+    alice.login()
+    image_id = uploaded(alice).body.image_id
+    huge = 2**64 - 1  # a u64 on the wire; SQLite's integers stop at 2**63 - 1
+    for request in (ev.Share(image_id, "bob", huge), ev.TokenCreate("far", huge)):
+        refused = error(alice.request(request))
+        assert (refused.code, refused.fatal) == (ErrorCode.INVALID_ARGUMENT, False)
+    assert error(alice.request(ev.TokenRevoke(huge))).code is ErrorCode.NOT_FOUND
+    (page,) = alice.request(ev.ListPage(ListScope.OWN, huge, bytes(16)))
+    assert page == ev.ImagePage((), False)
+    assert alice.client.state is State.IDLE
+
+
+def test_delete_by_the_owner_shreds_the_image(service: Service) -> None:
+    alice, bob = Wire(service), Wire(service)
+    alice.login()
+    bob.login("bob")
+    receipt = uploaded(alice)
+    image_id = receipt.body.image_id
+    assert alice.request(ev.Share(image_id, "bob")) == [ev.Ok()]
+    record = service.catalog.get_image(image_id.hex())
+    assert record is not None and record.inbox_name is not None
+    inbox = service.store.blobs.root / "inbox" / "alice" / record.inbox_name
+    assert inbox.exists() and service.store.blobs.exists(record.id)
+
+    assert alice.request(ev.Delete(image_id)) == [ev.Ok()]
+    assert service.catalog.get_image(image_id.hex()) is None  # the wrapped key with it
+    assert not inbox.exists() and not service.store.blobs.exists(record.id)
+    assert service.catalog.shares_of(image_id.hex(), now_ms()) == []
+    assert error(bob.request(ev.Download(image_id))).code is ErrorCode.NOT_FOUND
+    assert error(alice.request(ev.Download(image_id))).code is ErrorCode.NOT_FOUND
+    assert error(alice.request(ev.Delete(image_id))).code is ErrorCode.NOT_FOUND
+    (deleted,) = events_of(service, "image_deleted")
+    assert (deleted.user_name, deleted.detail) == ("alice", {"image": image_id.hex()})
+
+
+# --- pages of images -----------------------------------------------------------------------
+
+
+def all_pages(wire: Wire, scope: ListScope, limit: int) -> list[ev.ImagePage]:
+    pages: list[ev.ImagePage] = []
+    after_ms, after_id = 0, bytes(16)
+    while True:
+        (page,) = wire.request(ev.ListPage(scope, after_ms, after_id, limit))
+        assert isinstance(page, ev.ImagePage)
+        pages.append(page)
+        if not page.more:
+            return pages
+        after_ms, after_id = page.images[-1].created_ms, page.images[-1].image_id
+
+
+def test_list_page_pages_through_ones_own_images(service: Service) -> None:
+    alice, bob = Wire(service), Wire(service)
+    alice.login()
+    bob.login("bob")
+    receipts = [uploaded(alice, noise_png(seed=i), f"{i}.png") for i in range(3)]
+    bobs = uploaded(bob, noise_png(seed=9))
+    assert bob.request(ev.Share(bobs.body.image_id, "alice")) == [ev.Ok()]  # not "own"
+    pages = all_pages(alice, ListScope.OWN, limit=2)
+    assert [(len(p.images), p.more) for p in pages] == [(2, True), (1, False)]
+    entries = [e for p in pages for e in p.images]
+    assert [(e.image_id, e.name, e.owner, e.hmac) for e in entries] == [
+        (r.body.image_id, f"{i}.png", "alice", r.body.hmac) for i, r in enumerate(receipts)
+    ]
+
+
+def test_list_page_shared_with_me_names_the_owners(service: Service, carol: Wire) -> None:
+    alice, bob = Wire(service), Wire(service)
+    alice.login()
+    bob.login("bob")
+    from_alice = uploaded(alice, name="a.png").body.image_id
+    from_carol = uploaded(carol, noise_png(seed=5), name="c.png").body.image_id
+    uploaded(carol, noise_png(seed=6), name="kept.png")
+    uploaded(bob, noise_png(seed=7), name="bobs.png")
+    assert alice.request(ev.Share(from_alice, "bob")) == [ev.Ok()]
+    assert carol.request(ev.Share(from_carol, "bob")) == [ev.Ok()]
+    pages = all_pages(bob, ListScope.SHARED_WITH_ME, limit=1)
+    assert [(len(p.images), p.more) for p in pages] == [(1, True), (1, False)]
+    assert [(e.image_id, e.owner, e.name) for p in pages for e in p.images] == [
+        (from_alice, "alice", "a.png"),
+        (from_carol, "carol", "c.png"),
+    ]
+    (own,) = all_pages(bob, ListScope.OWN, limit=10)
+    assert [(e.owner, e.name) for e in own.images] == [("bob", "bobs.png")]

@@ -1,13 +1,25 @@
-"""`imgshare user`: add, list and remove the accounts of a data folder."""
+"""`imgshare user`: the accounts of a data folder: add, list, remove, reset a password,
+invite someone to register.
+
+These commands work while the server runs: they take no lock and coordinate through
+the catalog (SQLite serializes the writes), like the server's own workers. Every
+command but ``add`` refuses a data folder without a catalog, so that a mistyped
+``--data`` says so instead of making an empty folder.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from imgshare.errors import ConfigError
 from imgshare.server.accounts import Accounts
+
+if TYPE_CHECKING:
+    from imgshare.store import SQLiteCatalog
 
 _DATA = click.option(
     "--data",
@@ -17,6 +29,28 @@ _DATA = click.option(
     envvar="IMGSHARE_DATA",
     help="The server's data folder.",
 )
+
+_PASSWORD_FILE = click.option(
+    "--password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the password from the first line of this file instead of a prompt.",
+)
+
+#: An invitation lasts at most this long.
+MAX_INVITATION_SECONDS = 365 * 86400
+
+
+def _invitation_span(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """``--expires``: seconds, as ``imgshare share`` and ``token create`` read them."""
+    from imgshare.client.duration import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if seconds > MAX_INVITATION_SECONDS:
+        raise click.BadParameter(f"{value!r} is too long for an invitation: at most 365d")
+    return seconds
 
 
 def read_password_file(path: Path) -> str:
@@ -28,6 +62,32 @@ def read_password_file(path: Path) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def utc_time(ms: int) -> str:
+    """A catalog time (unix ms) as people read it, in UTC."""
+    return f"{datetime.fromtimestamp(ms / 1000, UTC):%Y-%m-%d %H:%M:%SZ}"
+
+
+def existing_catalog(data: Path) -> SQLiteCatalog:
+    """The catalog of a data folder that has one. Raises ``ConfigError`` if it has
+    none (a mistyped ``--data``: nothing is created), ``StorageError``."""
+    from imgshare.store import SQLiteCatalog, catalog_path
+
+    path = catalog_path(data)
+    if not path.is_file():
+        where = "does not exist" if not data.exists() else f"has no {path.name}"
+        raise ConfigError(
+            f"the data folder {data} {where}: give the server's folder with --data "
+            "(or IMGSHARE_DATA)"
+        )
+    return SQLiteCatalog(path)
+
+
+def _password(password_file: Path | None, prompt: str = "Password") -> str:
+    if password_file is not None:
+        return read_password_file(password_file)
+    return str(click.prompt(prompt, hide_input=True, confirmation_prompt=True))
+
+
 @click.group()
 def user() -> None:
     """Manage user accounts (works while the server runs)."""
@@ -36,19 +96,12 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @_DATA
-@click.option(
-    "--password-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Read the password from the first line of this file instead of a prompt.",
-)
+@_PASSWORD_FILE
 def add(name: str, data: Path, password_file: Path | None) -> None:
     """Add user NAME (lowercase letters, digits, '_', '.', '-'; 1-32 characters)."""
     from imgshare.server import open_catalog
 
-    if password_file is not None:
-        password = read_password_file(password_file)
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = _password(password_file)
     with open_catalog(data) as catalog:
         Accounts(catalog).add_user(name, password)
     click.echo(f"user {name} added")
@@ -58,14 +111,109 @@ def add(name: str, data: Path, password_file: Path | None) -> None:
 @_DATA
 def list_users(data: Path) -> None:
     """List the users and when they were added."""
-    from datetime import UTC, datetime
-
-    from imgshare.server import open_catalog
-
-    with open_catalog(data) as catalog:
+    with existing_catalog(data) as catalog:
         for entry in catalog.list_users():
-            created = datetime.fromtimestamp(entry.created_at / 1000, UTC)
-            click.echo(f"{entry.name}\t{created:%Y-%m-%d %H:%M:%SZ}")
+            click.echo(f"{entry.name}\t{utc_time(entry.created_at)}")
+
+
+@user.command("passwd")
+@click.argument("name")
+@_DATA
+@_PASSWORD_FILE
+def passwd(name: str, data: Path, password_file: Path | None) -> None:
+    """Reset the password of user NAME (the admin's reset: the old one is not asked).
+
+    Also revokes all of NAME's API tokens. Every open session of NAME that logged in
+    with the old password or a token ends at its next request. Recorded in the audit
+    trail as password_reset.
+    """
+    from imgshare.server.accounts import check_username
+    from imgshare.store.catalog import now_ms
+
+    check_username(name)
+    with existing_catalog(data) as catalog:
+        # Before the prompt: a typo should not cost a password.
+        if catalog.get_user_by_name(name) is None:
+            raise ConfigError(f"no user named {name!r} (imgshare user list shows them)")
+        password = _password(password_file, f"New password for {name}")
+        revoked = Accounts(catalog).set_password(name, password)
+        catalog.audit("password_reset", name, None, now_ms(), tokens_revoked=revoked)
+    click.echo(f"password of user {name} reset; {revoked} API token(s) revoked")
+
+
+@user.command("invite")
+@_DATA
+@click.option(
+    "--expires",
+    metavar="DURATION",
+    default="7d",
+    callback=_invitation_span,
+    show_default=True,
+    help="How long the code stays valid: 30m, 12h, 7d, 2w, 1d12h (at most 365d).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help='The server\'s settings file: warns unless it has registration = "invite", '
+    "and gives the data folder when --data is not given.",
+)
+@click.pass_context
+def invite(ctx: click.Context, data: Path, expires: int, config_file: Path | None) -> None:
+    """Make a one-time invitation code for someone to register their own account.
+
+    Prints the code alone on standard output (CODE=$(imgshare user invite)) and how
+    to use it on standard error. The code is shown only this once: the catalog keeps
+    only its hash. It works while the server runs with registration = "invite" (a
+    setting of `imgshare serve`); with --config this command checks that setting.
+    Recorded in the audit trail as invitation_created (without the code).
+    """
+    from imgshare.server.credentials import new_invitation
+    from imgshare.store.catalog import now_ms
+
+    registration = None
+    if config_file is not None:
+        from imgshare.server.config import load_settings
+
+        settings = load_settings(config_file)
+        registration = settings.registration
+        if ctx.get_parameter_source("data") is click.core.ParameterSource.DEFAULT:
+            data = settings.data
+    now = now_ms()
+    expires_ms = now + expires * 1000
+    with existing_catalog(data) as catalog:
+        code = new_invitation(catalog, now, expires_ms)
+        catalog.audit("invitation_created", None, None, now, expires_ms=expires_ms)
+    if registration == "closed":
+        click.echo(
+            f'imgshare: warning: {config_file} has registration = "closed": nobody can '
+            'register with this code until the server runs with registration = "invite"',
+            err=True,
+        )
+    elif registration == "open":
+        click.echo(
+            f'imgshare: warning: {config_file} has registration = "open": anyone may '
+            "register without a code",
+            err=True,
+        )
+    click.echo(code)
+    if registration is None:
+        setting = (
+            'It works only while the server runs with registration = "invite" (in its\n'
+            "settings file, or IMGSHARE_REGISTRATION=invite); --config FILE checks that.\n"
+        )
+    elif registration == "invite":
+        setting = f'{config_file} has registration = "invite".\n'
+    else:
+        setting = ""
+    click.echo(
+        f"\nA one-time invitation, valid until {utc_time(expires_ms)}. Give it to the new\n"
+        f"user with the server's CA certificate (normally {data / 'certs' / 'ca.pem'});\n"
+        "they register with\n\n"
+        f"    imgshare register --server HOST:PORT --ca ca.pem --user NAME --invite {code}\n\n"
+        f"{setting}The code is shown only this once: the server keeps only its hash.",
+        err=True,
+    )
 
 
 @user.command("remove")
@@ -75,13 +223,23 @@ def list_users(data: Path) -> None:
 def remove(name: str, data: Path, purge: bool) -> None:
     """Remove user NAME. Refused while they own images, unless --purge.
 
-    A running server ends the user's open sessions and uploads within a second; the
-    user's id is never given to anyone else.
+    --purge deletes each image as `imgshare delete` does: the rows, and with them the
+    wrapped content keys, go first in one durable commit; then the inbox copies and
+    the sealed objects. A running server ends the user's open sessions and uploads
+    within a second; the user's id is never given to anyone else. Recorded in the
+    audit trail as user_removed.
     """
+    from imgshare.server.accounts import check_username
     from imgshare.store import StoreConfig, open_store
+    from imgshare.store.catalog import now_ms
 
+    check_username(name)
+    existing_catalog(data).close()  # a mistyped --data makes no folders
     # No storage key needed: removing only deletes. The inbox is opened even when
     # the server keeps no copies, so that old copies go too.
     with open_store(StoreConfig(data=data, storage_key=None, inbox=True)) as store:
         deleted = store.remove_user(name, purge=purge)
+        store.catalog.audit(
+            "user_removed", name, None, now_ms(), purge=purge, images_deleted=len(deleted)
+        )
     click.echo(f"user {name} removed" + (f" with {len(deleted)} image(s)" if deleted else ""))

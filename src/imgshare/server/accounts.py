@@ -37,7 +37,7 @@ from imgshare.errors import AuthError, ConfigError, ForbiddenError, StorageError
 from imgshare.server.credentials import secret_hash
 from imgshare.server.logins import HashGate, Line
 from imgshare.store.access import InvitationError
-from imgshare.store.catalog import Catalog, DeletedImage, User, UserExistsError
+from imgshare.store.catalog import Catalog, DeletedImage, User, UserExistsError, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,10 @@ class Accounts:
             if not invitation:
                 raise ForbiddenError("this server registers by invitation only: give its code")
             code_hash = secret_hash(invitation.encode("utf-8"))
+            # Before the name and the hash: a made-up code costs one lookup and learns
+            # nothing about which names exist.
+            if not self._catalog.invitation_usable(code_hash, now_ms()):
+                raise ForbiddenError("invalid, used or expired invitation")
         if self._catalog.get_user_by_name(name) is not None:
             raise UserExistsError(f"the name {name!r} is taken")
         try:
@@ -203,26 +207,44 @@ class Accounts:
         return user
 
     def change_password(
-        self, user: User, old_password: str, new_password: str, address: str | None = None
-    ) -> None:
+        self,
+        user: User,
+        old_password: str,
+        new_password: str,
+        address: str | None = None,
+        *,
+        now: int,
+        revoke_tokens: bool = False,
+        keep_token: int | None = None,
+    ) -> int:
         """Replace a user's password, proving the old one first (through the throttle
-        and the hash gate, like a login). Raises ``AuthError`` for a wrong old
-        password, ``ConfigError`` for a new one that breaks the rules,
+        and the hash gate, like a login). Sessions that logged in with a password
+        before ``now`` end at their next request; with ``revoke_tokens`` so do all
+        tokens but ``keep_token``, whose number is returned. Raises ``AuthError`` for a
+        wrong old password, ``ConfigError`` for a new one that breaks the rules,
         ``TryLaterError``, ``StorageError``."""
         secret = _check_password(new_password)
         self.authenticate(user.name, old_password, address)
-        self._catalog.set_password_hash(user.id, self._hash(secret))
+        revoked = self._catalog.change_password_hash(
+            user.id, self._hash(secret), now, revoke_tokens=revoke_tokens, keep_token=keep_token
+        )
         log.info("changed the password of user %s", user.name)
+        return revoked
 
-    def set_password(self, name: str, password: str) -> None:
-        """Replace a user's password. Raises ``ConfigError`` (bad input, no such user)."""
+    def set_password(self, name: str, password: str) -> int:
+        """The administrator's reset: a new password, and every session and token of
+        the user ended. Returns how many tokens were revoked. Raises ``ConfigError``
+        (bad input, no such user)."""
         check_username(name)
         secret = _check_password(password)
         user = self._catalog.get_user_by_name(name)
         if user is None:
             raise ConfigError(f"no user named {name!r}")
-        self._catalog.set_password_hash(user.id, self._hash(secret))
-        log.info("changed the password of user %s", name)
+        revoked = self._catalog.change_password_hash(
+            user.id, self._hash(secret), now_ms(), revoke_tokens=True
+        )
+        log.info("reset the password of user %s", name)
+        return revoked
 
     def remove_user(self, name: str, *, purge: bool = False) -> list[DeletedImage]:
         """Remove a user; with ``purge`` also their images, returned for disk clean-up.

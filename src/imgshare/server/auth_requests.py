@@ -17,6 +17,7 @@ from imgshare.protocol import events as ev
 from imgshare.protocol.constants import MAX_PAGE_ENTRIES, ErrorCode
 from imgshare.server.answers import Answers, error, refusal, try_later
 from imgshare.store import User
+from imgshare.store.access import MAX_INTEGER
 from imgshare.store.catalog import now_ms
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ REGISTRATION_WINDOW_MS = 3_600_000
 
 
 def _logged_in(session: Session, user: User, method: str, token_id: int | None = None) -> Answers:
-    session.log_in(user, token_id)
+    session.log_in(user, method, token_id)
     session.service.catalog.audit("login", user.name, session.network, now_ms(), method=method)
     log.info("login", extra=fields(peer=session.peer, user=user.name, method=method))
     yield ev.LoginOk(user.name)
@@ -38,7 +39,8 @@ def _logged_in(session: Session, user: User, method: str, token_id: int | None =
 def _failed(session: Session, name: str, method: str, message: str) -> Answers:
     """A failed login: counted on the connection, fatal at the limit."""
     session.login_failures += 1
-    session.service.catalog.audit("login_failed", name, session.network, now_ms(), method=method)
+    catalog = session.service.catalog
+    catalog.audit("login_failed", name or None, session.network, now_ms(), method=method)
     if session.login_failures >= session.service.max_login_failures:
         yield ev.Error(ErrorCode.AUTH_FAILED, "too many failed logins", fatal=True)
     else:
@@ -108,18 +110,23 @@ def passwd(session: Session, event: ev.Event) -> Answers:
     assert isinstance(event, ev.Passwd)
     user = session.me
     service = session.service
+    now = now_ms()
     try:
-        service.accounts.change_password(
-            user, event.old_password, event.new_password, session.address
+        revoked = service.accounts.change_password(
+            user,
+            event.old_password,
+            event.new_password,
+            session.address,
+            now=now,
+            revoke_tokens=event.revoke_tokens,
+            keep_token=session.token_id,
         )
     except ImgshareError as exc:
         yield refusal(exc)
         return
-    revoked = 0
-    if event.revoke_tokens:
-        revoked = service.catalog.revoke_tokens(user.id, keep=session.token_id)
+    session.logged_in_ms = now  # this session goes on; others with the password end
     service.catalog.audit(
-        "password_changed", user.name, session.network, now_ms(), tokens_revoked=revoked
+        "password_changed", user.name, session.network, now, tokens_revoked=revoked
     )
     yield ev.Ok()
 
@@ -134,6 +141,9 @@ def token_create(session: Session, event: ev.Event) -> Answers:
         return
     if event.expires_ms and event.expires_ms <= now:
         yield error(ErrorCode.INVALID_ARGUMENT, "the token would have expired already")
+        return
+    if event.expires_ms > MAX_INTEGER:
+        yield error(ErrorCode.INVALID_ARGUMENT, "the token's expiry is out of range")
         return
     catalog = session.service.catalog
     if len(catalog.list_tokens(user.id)) >= MAX_PAGE_ENTRIES:
@@ -158,7 +168,9 @@ def token_revoke(session: Session, event: ev.Event) -> Answers:
     assert isinstance(event, ev.TokenRevoke)
     user = session.me
     catalog = session.service.catalog
-    revoked = catalog.revoke_token(user.id, event.token_id)
+    revoked = (
+        catalog.revoke_token(user.id, event.token_id) if event.token_id <= MAX_INTEGER else None
+    )
     if revoked is None:
         yield error(ErrorCode.NOT_FOUND, "no such token")
         return

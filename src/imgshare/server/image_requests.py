@@ -19,6 +19,7 @@ from imgshare.protocol.constants import MAX_LIST_ENTRIES, TAG_SIZE, ErrorCode, L
 from imgshare.server.answers import Answers, error, try_later
 from imgshare.server.upload import Upload, buffer_memory
 from imgshare.store import ImageRecord, User
+from imgshare.store.access import MAX_INTEGER
 from imgshare.store.catalog import now_ms
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def list_page(session: Session, event: ev.Event) -> Answers:
     page, more = session.service.catalog.list_page(
         user.id,
         shared=event.scope is ListScope.SHARED_WITH_ME,
-        after=(event.after_ms, event.after_id.hex()),
+        after=(min(event.after_ms, MAX_INTEGER), event.after_id.hex()),
         limit=event.limit,
         now=now_ms(),
     )
@@ -159,6 +160,9 @@ def share(session: Session, event: ev.Event) -> Answers:
         return
     if event.expires_ms and event.expires_ms <= now:
         yield error(ErrorCode.INVALID_ARGUMENT, "the share would have expired already")
+        return
+    if event.expires_ms > MAX_INTEGER:
+        yield error(ErrorCode.INVALID_ARGUMENT, "the share's expiry is out of range")
         return
     target = catalog.get_user_by_name(event.username)
     if target is None:

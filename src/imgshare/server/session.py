@@ -12,8 +12,9 @@ client send is in ``Session.HANDLERS``, handled or refused (UNSUPPORTED) explici
 test checks the table against the protocol's state machine, so a new request type can
 never be silently ignored. Requests other than the logins and REGISTER need a login,
 checked here once; before each of them the session also re-checks that its user still
-exists (user ids are never reused) and, if it logged in with a token, that the token
-is still live: a removed user's or a revoked token's session ends at its next request.
+exists (user ids are never reused), that the token it logged in with is still live,
+and that a password it logged in with has not been changed since: a removed user's,
+a revoked token's and an old password's session ends at its next request.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class Session:
         self.certificate_name = certificate_name
         self.user = authenticated_user
         self.token_id: int | None = None  # the token this session logged in with
+        self.login_method = ""  # "password", "token" or "certificate"
+        self.logged_in_ms = 0  # when; a password change after it ends a password session
         self.upload: Upload | None = None
         self.login_failures = 0
         self._on_login = on_login
@@ -75,9 +78,12 @@ class Session:
             raise LocalProtocolError("a request that needs a login ran without one")
         return self.user
 
-    def log_in(self, user: User, token_id: int | None = None) -> None:
-        """From now on the session acts as ``user`` (through ``token_id``, if any)."""
+    def log_in(self, user: User, method: str, token_id: int | None = None) -> None:
+        """From now on the session acts as ``user``, logged in by ``method`` (through
+        ``token_id``, if any)."""
         self.user = user
+        self.login_method = method
+        self.logged_in_ms = now_ms()
         self.token_id = token_id
         if self._on_login is not None:
             self._on_login(user)
@@ -107,10 +113,13 @@ class Session:
     def _revoked(self, user: User) -> str | None:
         """Why this session may no longer act (for the peer), or None."""
         catalog = self.service.catalog
-        if catalog.get_user(user.id) is None:
+        current = catalog.get_user(user.id)
+        if current is None:
             reason = "this account no longer exists"
         elif self.token_id is not None and not catalog.token_alive(self.token_id, now_ms()):
             reason = "the token this session logged in with was revoked or has expired"
+        elif self.login_method == "password" and current.password_changed_ms > self.logged_in_ms:
+            reason = "the password of this account was changed: log in again"
         else:
             return None
         context = fields(event="session_revoked", peer=self.peer, user=user.name)

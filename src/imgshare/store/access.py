@@ -41,6 +41,9 @@ _Base: Any = _Database if TYPE_CHECKING else object
 
 #: Write a token's last use at most this often (ms): a login need not be a write.
 _LAST_USED_STEP = 60_000
+#: SQLite's largest integer. The wire carries times and ids as u64: a request handler
+#: refuses (or, for a bound, clamps) a larger one, which SQLite would not even take.
+MAX_INTEGER = 2**63 - 1
 
 
 class InvitationError(ForbiddenError):
@@ -242,9 +245,12 @@ class AccessTables(_Base):  # type: ignore[misc]
     def revoke_tokens(self, user_id: int, keep: int | None = None) -> int:
         """Delete all of a user's tokens but ``keep``; return how many."""
         with self._write("revoke tokens") as db:
-            cursor = db.execute(
-                "DELETE FROM tokens WHERE user_id = ? AND id IS NOT ?", (user_id, keep)
-            )
+            return self.delete_tokens(db, user_id, keep)
+
+    @staticmethod
+    def delete_tokens(db: sqlite3.Connection, user_id: int, keep: int | None) -> int:
+        """``revoke_tokens`` inside the caller's transaction."""
+        cursor = db.execute("DELETE FROM tokens WHERE user_id = ? AND id IS NOT ?", (user_id, keep))
         return int(cursor.rowcount)
 
     # -- invitations ----------------------------------------------------------------
@@ -255,6 +261,17 @@ class AccessTables(_Base):  # type: ignore[misc]
                 "INSERT INTO invitations (code_hash, created_ms, expires_ms) VALUES (?, ?, ?)",
                 (code_hash, now, expires_ms),
             )
+
+    def invitation_usable(self, code_hash: bytes, now: int) -> bool:
+        """Whether an invitation exists, is unused and has not expired (checked before
+        any other step of a registration, so a made-up code costs one lookup)."""
+        with self._read("check an invitation") as db:
+            row = db.execute(
+                "SELECT 1 FROM invitations WHERE code_hash = ? AND used_ms IS NULL "
+                "AND expires_ms > ?",
+                (code_hash, now),
+            ).fetchone()
+        return row is not None
 
     def use_invitation(self, db: sqlite3.Connection, code_hash: bytes, now: int) -> None:
         """Mark an invitation used, inside the caller's transaction (the one that adds

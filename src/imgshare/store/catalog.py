@@ -164,10 +164,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) STRICT""",
         "CREATE INDEX audit_by_time ON audit (time_ms)",
         "CREATE INDEX audit_by_user ON audit (user_name, time_ms)",
+        # Sessions that logged in with a password before this time are over.
+        "ALTER TABLE users ADD COLUMN password_changed_ms INTEGER NOT NULL DEFAULT 0",
     ),
 )
 
-USER_COLUMNS = "id, name, password_hash, created_at"
+USER_COLUMNS = "id, name, password_hash, created_at, password_changed_ms"
 IMAGE_COLUMNS = (
     "id, owner_id, name, size, hmac, format, width, height, header, wrapped_key, "
     "inbox_name, created_at"
@@ -192,6 +194,7 @@ class User:
     name: str
     password_hash: str = field(repr=False)
     created_at: int
+    password_changed_ms: int = 0  # by its owner or an administrator; 0: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +249,15 @@ class Catalog(Protocol):
     def existing_user_ids(self, user_ids: Iterable[int]) -> set[int]: ...
     def list_users(self) -> list[User]: ...
     def set_password_hash(self, user_id: int, password_hash: str) -> None: ...
+    def change_password_hash(
+        self,
+        user_id: int,
+        password_hash: str,
+        now: int,
+        *,
+        revoke_tokens: bool,
+        keep_token: int | None = None,
+    ) -> int: ...
     def remove_user(self, name: str, *, purge: bool = False) -> list[DeletedImage]: ...
     def add_image(self, record: ImageRecord, *, reservation: int | None = None) -> None: ...
     def get_image(self, image_id: str) -> ImageRecord | None: ...
@@ -293,6 +305,7 @@ class Catalog(Protocol):
     def revoke_token(self, user_id: int, token_id: int) -> TokenRecord | None: ...
     def revoke_tokens(self, user_id: int, keep: int | None = None) -> int: ...
     def add_invitation(self, code_hash: bytes, now: int, expires_ms: int) -> None: ...
+    def invitation_usable(self, code_hash: bytes, now: int) -> bool: ...
     def audit(
         self, event: str, user_name: str | None, network: str | None, now: int, **detail: Any
     ) -> None: ...
@@ -304,7 +317,7 @@ class Catalog(Protocol):
 
 
 def user_from_row(row: tuple[Any, ...]) -> User:
-    return User(id=row[0], name=row[1], password_hash=row[2], created_at=row[3])
+    return User(*row)
 
 
 def image_from_row(row: tuple[Any, ...]) -> ImageRecord:
@@ -465,6 +478,8 @@ class SQLiteCatalog(AccessTables):
         ``InvitationError``."""
         created = now_ms() if created_at is None else created_at
         with self._write("add user") as db:
+            if invitation is not None:  # first: a made-up code learns nothing of names
+                self.use_invitation(db, invitation, created)
             try:
                 cursor = db.execute(
                     "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)",
@@ -476,7 +491,6 @@ class SQLiteCatalog(AccessTables):
                 raise UserExistsError(f"user {name!r} already exists") from exc
             user_id = cursor.lastrowid
             if invitation is not None:
-                self.use_invitation(db, invitation, created)
                 db.execute(
                     "UPDATE invitations SET used_by = ? WHERE code_hash = ?",
                     (user_id, invitation),
@@ -519,9 +533,29 @@ class SQLiteCatalog(AccessTables):
         return [user_from_row(row) for row in rows]
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
-        """Replace a user's password hash (rehash on login, password change)."""
+        """Replace a user's password hash with one of the same password (a rehash)."""
         with self._write("set password") as db:
             db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+    def change_password_hash(
+        self,
+        user_id: int,
+        password_hash: str,
+        now: int,
+        *,
+        revoke_tokens: bool,
+        keep_token: int | None = None,
+    ) -> int:
+        """A new password, in one transaction with what it ends: sessions logged in
+        with a password before ``now`` (see ``password_changed_ms``) and, with
+        ``revoke_tokens``, every token of the user but ``keep_token``. Returns how
+        many tokens were revoked."""
+        with self._write("change password") as db:
+            db.execute(
+                "UPDATE users SET password_hash = ?, password_changed_ms = ? WHERE id = ?",
+                (password_hash, now, user_id),
+            )
+            return self.delete_tokens(db, user_id, keep_token) if revoke_tokens else 0
 
     def remove_user(self, name: str, *, purge: bool = False) -> list[DeletedImage]:
         """Remove a user; return the images removed with them (``purge=True`` only).
