@@ -8,6 +8,8 @@ import pytest
 from imgshare import pki
 from imgshare.store.catalog import SQLiteCatalog
 
+pytest_plugins = ["services.plugin"]  # real servers for the tests: SeaweedFS (S3)
+
 # --- certificates from our own generator (foundation issue: imgshare.pki) -------------
 
 
