@@ -4,7 +4,9 @@
 
 Records: for each side and each prefix of the recorded session, the peer's next honest
 records (raw, fed whole and in 7-byte pieces) and, once keys exist, their plaintexts
-as sealed-message inputs; plus the first flight to a fresh connection. See
+as sealed-message inputs; plus the first flight to a fresh connection; plus, as
+sealed-message inputs after the login, every message the session does not carry
+(accounts, sharing, paging), so that every message parser has a valid seed. See
 fuzz_records.py for the input format. Images: small valid images of every accepted
 format made by Pillow, a few over the harness policy's limits, and hand-made oddities.
 
@@ -30,7 +32,10 @@ sys.path.insert(0, str(HERE))
 
 import fuzz_records as records  # noqa: E402
 
-from imgshare.protocol import RecordType  # noqa: E402
+from imgshare.protocol import ErrorCode, RecordType  # noqa: E402
+from imgshare.protocol import events as ev  # noqa: E402
+from imgshare.protocol.constants import ListScope, Registration  # noqa: E402
+from imgshare.protocol.messages import encode_message  # noqa: E402
 from protocol_helpers import open_record, other, record_type, sealed_count  # noqa: E402
 
 CORPUS = HERE / "corpus"
@@ -82,6 +87,57 @@ def record_seeds() -> list[bytes]:
                 seeds.append(bytes([bit | records.SEALED << 1, which, 0]) + framed)
         first = b"".join(peer_run(side, 0 if side == "server" else 1))
         seeds.append(bytes([bit | records.RAW_FRESH << 1, 0, 0]) + first)
+    return seeds
+
+
+#: Valid messages the seeds above do not carry: every request of accounts and sharing
+#: (and LIST, DOWNLOAD) for a logged-in server, and the answers they miss for an idle
+#: client (which parses each, then refuses it in that state). With the session's own,
+#: every sealed message type reaches its parser from the seeds.
+_ID = bytes(range(16))
+_ENTRY = ev.ImageEntry(_ID, 5000, 1_700_000_000_000, bytes(32), "alice", "a.png")
+REQUESTS: list[ev.Event] = [
+    ev.ListImages(),
+    ev.Download(_ID),  # the session downloads after the last server prefix
+    ev.CertLogin(),
+    ev.TokenLogin(b"imgshare-token-" + b"t" * 43),
+    ev.Register("carol", "a password", b"imgshare-invite-i"),
+    ev.Passwd("old password", "new password", True),
+    ev.TokenCreate("laptop", 1 << 41),
+    ev.TokenList(),
+    ev.TokenRevoke(7),
+    ev.Info(),
+    ev.Share(_ID, "bob", 1 << 41),
+    ev.Unshare(_ID, "bob"),
+    ev.Shares(_ID),
+    ev.Delete(_ID),
+    ev.ListPage(ListScope.SHARED_WITH_ME, 1, _ID, 2),
+]
+ANSWERS: list[ev.Event] = [
+    ev.Ok(),
+    ev.LoginOk("alice"),
+    ev.UploadReady(0),
+    ev.DownloadEnd(bytes(32)),
+    ev.ImageList((_ENTRY,)),
+    ev.Token(7, b"imgshare-token-" + b"s" * 43, 1 << 41),
+    ev.Tokens((ev.TokenInfo(7, "laptop", 1, 0, 2),)),
+    ev.ShareList(_ID, (ev.ShareInfo("bob", 1, 0),)),
+    ev.ImagePage((_ENTRY, _ENTRY), True),
+    ev.ServerInfo(1 << 28, 1_048_656, 10**8, Registration.INVITE, 5),
+    ev.Error(ErrorCode.TRY_LATER, "busy", retry_after_ms=1500),
+]
+#: The recorded session's step after which both sides are idle and logged in.
+LOGGED_IN = 7
+
+
+def message_seeds() -> list[bytes]:
+    seeds = []
+    for bit, side in enumerate(records.SIDES):
+        which = records.PREFIXES[side].index(LOGGED_IN)
+        for event in REQUESTS if side == "server" else ANSWERS:
+            message = encode_message(event)
+            framed = len(message).to_bytes(2, "big") + message
+            seeds.append(bytes([bit | records.SEALED << 1, which, 0]) + framed)
     return seeds
 
 
@@ -144,7 +200,7 @@ def image_seeds() -> list[bytes]:
 
 
 def main() -> None:
-    for data in record_seeds():
+    for data in record_seeds() + message_seeds():
         write(CORPUS / "records", data)
     for data in image_seeds():
         write(CORPUS / "images", data)

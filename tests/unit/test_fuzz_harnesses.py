@@ -19,6 +19,7 @@ from types import ModuleType
 import pytest
 
 from imgshare.errors import LocalProtocolError
+from imgshare.protocol import MessageType
 
 FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
 MUTANTS = 40  # per target, on top of the corpus
@@ -99,6 +100,35 @@ def test_records_harness_over_its_corpus() -> None:
         for kind in (records.RAW_AFTER_PREFIX, records.SEALED):
             assert events_by_kind.get((side, kind), 0) > 0, (side, kind, events_by_kind)
     assert sum(events for events, _ in outcomes) >= 40
+
+
+def sealed_messages(data: bytes) -> list[bytes]:
+    """The plaintexts of a sealed-message seed (see fuzz_records.py for the format)."""
+    body, found, pos = data[3:], [], 0
+    while pos + 2 <= len(body):
+        length = int.from_bytes(body[pos : pos + 2], "big")
+        found.append(body[pos + 2 : pos + 2 + length])
+        pos += 2 + length
+    return found
+
+
+def test_records_corpus_reaches_every_message_parser() -> None:
+    """Every sealed message type but the reserved one is in a sealed-message seed, sent to
+    the side that receives it; a request the logged-in server gets is accepted."""
+    records = harness("fuzz_records")
+    reached: dict[int, set[MessageType]] = {0: set(), 1: set()}
+    for data in corpus("records"):
+        side, kind = data[0] & 1, (data[0] >> 1) & 3
+        if kind != records.SEALED:
+            continue
+        messages = sealed_messages(data)
+        reached[side].update(MessageType(m[0]) for m in messages if m)
+        if side == 1 and len(messages) == 1 and messages[0][0] < 0x80:
+            assert records.run_one(data) == (1, "open"), MessageType(messages[0][0])
+    requests = {t for t in MessageType if t < 0x80} - {MessageType.UPLOAD_RESUME}
+    answers = {t for t in MessageType if t >= 0x80}
+    assert requests <= reached[1], requests - reached[1]
+    assert answers <= reached[0], answers - reached[0]
 
 
 @pytest.mark.parametrize(

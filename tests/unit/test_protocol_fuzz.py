@@ -37,7 +37,14 @@ from imgshare.protocol import (
     StreamOpener,
 )
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import MAX_CHUNK_SIZE, RECORD_HEADER_SIZE, TAG_SIZE
+from imgshare.protocol.constants import (
+    MAX_CHUNK_SIZE,
+    RECORD_HEADER_SIZE,
+    TAG_SIZE,
+    ListScope,
+    Registration,
+)
+from imgshare.protocol.messages import MESSAGE_TYPE_OF, encode_message
 from protocol_helpers import (
     HEADER,
     Json,
@@ -236,6 +243,97 @@ def test_arbitrary_sealed_messages(
     data = b"".join(seal_record(key, first + i, m) for i, m in enumerate(messages))
     conn = after_prefix(side, steps)
     feed_checked(conn, cut(data, pieces), send_keys(side, steps))
+
+
+# --- the requests the recorded session does not make, valid and mutated ---------------
+
+_ID = bytes(range(16))
+_ENTRY = ev.ImageEntry(_ID, 5000, 1_700_000_000_000, bytes(32), "alice", "a.png")
+
+#: Each request the recorded session does not make (those of accounts and sharing, and
+#: LIST), with an answer the server may give it.
+CONVERSATIONS: list[tuple[ev.Event, ev.Event]] = [
+    (ev.ListImages(), ev.ImageList((_ENTRY,))),
+    (ev.CertLogin(), ev.LoginOk("alice")),
+    (ev.TokenLogin(b"imgshare-token-" + b"t" * 43), ev.LoginOk("alice")),
+    (ev.Register("carol", "a password", b"imgshare-invite-i"), ev.Ok()),
+    (ev.Passwd("old password", "new password", True), ev.Ok()),
+    (ev.TokenCreate("laptop", 1 << 41), ev.Token(7, b"imgshare-token-" + b"s" * 43, 1 << 41)),
+    (ev.TokenList(), ev.Tokens((ev.TokenInfo(7, "laptop", 1, 0, 2),))),
+    (ev.TokenRevoke(7), ev.Ok()),
+    (ev.Info(), ev.ServerInfo(1 << 28, 1_048_656, 10**8, Registration.OPEN, 5)),
+    (ev.Share(_ID, "bob", 1 << 41), ev.Ok()),
+    (ev.Unshare(_ID, "bob"), ev.Ok()),
+    (ev.Shares(_ID), ev.ShareList(_ID, (ev.ShareInfo("bob", 1, 0),))),
+    (ev.Delete(_ID), ev.Ok()),
+    (ev.ListPage(ListScope.SHARED_WITH_ME, 1, _ID, 2), ev.ImagePage((_ENTRY, _ENTRY), True)),
+    (ev.ListPage(), ev.Error(ErrorCode.TRY_LATER, "busy", retry_after_ms=1500)),
+]
+#: After this many steps of the recorded session both sides are idle and logged in.
+LOGGED_IN = 7
+
+
+def test_every_message_type_is_fuzzed() -> None:
+    """The recorded session and CONVERSATIONS together carry every sealed message type
+    (but the reserved one), so the tests here reach every parser with valid bytes."""
+    recorded = {step["event"]["type"] for step in FULL["steps"] if "event" in step}
+    kinds = {e for e in MESSAGE_TYPE_OF if e.__name__ in recorded}
+    kinds |= {type(e) for pair in CONVERSATIONS for e in pair}
+    reached = {MESSAGE_TYPE_OF[kind] for kind in kinds}
+    assert reached == set(MessageType) - {MessageType.UPLOAD_RESUME}
+
+
+@st.composite
+def mutated_plaintexts(draw: st.DrawFn, plaintext: bytes) -> bytes:
+    """The plaintext itself, or it with a flipped bit, cut short, or lengthened."""
+    kind = draw(st.sampled_from(["same", "flip", "truncate", "extend"]))
+    if kind == "same" or not plaintext:
+        return plaintext
+    at = draw(st.integers(0, len(plaintext) - 1))
+    if kind == "flip":
+        return (
+            plaintext[:at]
+            + bytes((plaintext[at] ^ 1 << draw(st.integers(0, 7)),))
+            + plaintext[at + 1 :]
+        )
+    if kind == "truncate":
+        return plaintext[:at]
+    return plaintext + draw(st.binary(min_size=1, max_size=8))
+
+
+@FUZZ
+@given(which=st.integers(0, len(CONVERSATIONS) - 1), data=st.data(), pieces=sizes)
+def test_requests_reach_the_server(which: int, data: st.DataObject, pieces: list[int]) -> None:
+    """A sealed request, valid or mutated, to a logged-in server: the request itself, or
+    a fatal error with its report; never anything else."""
+    request = CONVERSATIONS[which][0]
+    plaintext = encode_message(request)
+    sent = data.draw(mutated_plaintexts(plaintext))
+    key = bytes.fromhex(FULL["keys"]["c2s"])
+    record = seal_record(key, sealed_count(FULL["steps"][:LOGGED_IN], "client"), sent)
+    conn = after_prefix("server", LOGGED_IN)
+    events, error = feed_checked(conn, cut(record, pieces), send_keys("server", LOGGED_IN))
+    if sent == plaintext:
+        assert events == [request] and error is None
+    elif error is None:  # a mutation that is still a valid request
+        assert len(events) == 1 and type(events[0]) in MESSAGE_TYPE_OF
+
+
+@FUZZ
+@given(which=st.integers(0, len(CONVERSATIONS) - 1), data=st.data(), pieces=sizes)
+def test_answers_reach_the_client(which: int, data: st.DataObject, pieces: list[int]) -> None:
+    """The client asks, then gets the answer sealed, valid or mutated."""
+    request, answer = CONVERSATIONS[which]
+    plaintext = encode_message(answer)
+    sent = data.draw(mutated_plaintexts(plaintext))
+    conn = after_prefix("client", LOGGED_IN)
+    conn.send(request)
+    key = bytes.fromhex(FULL["keys"]["s2c"])
+    record = seal_record(key, sealed_count(FULL["steps"][:LOGGED_IN], "server"), sent)
+    events, error = feed_checked(conn, cut(record, pieces))
+    if sent == plaintext:
+        assert events == [answer] and error is None
+        assert conn.state is State.IDLE
 
 
 # --- mutated valid streams --------------------------------------------------------------

@@ -10,8 +10,15 @@ from hypothesis import strategies as st
 from imgshare.errors import HandshakeError, IntegrityError, LocalProtocolError, RemoteProtocolError
 from imgshare.protocol import ErrorCode, StreamOpener, StreamSealer, UploadHeader, codec, keys
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import TAG_SIZE
+from imgshare.protocol.constants import (
+    MAX_RETRY_AFTER_MS,
+    TAG_SIZE,
+    ListScope,
+    MessageType,
+    Registration,
+)
 from imgshare.protocol.messages import (
+    MESSAGE_TYPE_OF,
     ClientHello,
     ServerHello,
     ServerVerify,
@@ -28,6 +35,7 @@ b32 = st.binary(min_size=32, max_size=32)
 usernames = st.text(max_size=16)  # at most 64 bytes of UTF-8
 passwords = st.text(max_size=256)
 u64 = st.integers(0, (1 << 64) - 1)
+u8 = st.integers(0, 255)
 headers = st.builds(
     UploadHeader,
     upload_id=b16,
@@ -39,25 +47,62 @@ headers = st.builds(
 )
 bodies = st.builds(ev.ReceiptBody, b16, b16, u64, b32, b32, u64, usernames)
 entries = st.builds(ev.ImageEntry, b16, u64, u64, b32, usernames, st.text(max_size=63))
-sealed_events = st.one_of(
-    st.builds(ev.Login, usernames, passwords),
-    st.builds(ev.Register, usernames, passwords, st.binary(max_size=100)),
-    st.builds(ev.TokenLogin, st.binary(max_size=256)),
-    st.builds(ev.UploadBegin, headers, b32),
-    st.builds(ev.UploadEnd, b32),
-    st.builds(ev.Download, b16),
-    st.just(ev.ListImages()),
-    st.builds(ev.Share, b16, usernames),
-    st.builds(ev.Delete, b16),
-    st.just(ev.Ok()),
-    st.builds(ev.LoginOk, usernames),
-    st.builds(ev.UploadReady, st.integers(0, (1 << 32) - 1)),
-    st.builds(ev.Receipt, bodies, st.integers(0, 0xFFFF), st.binary(max_size=600)),
-    st.builds(ev.DownloadBegin, b16, headers, b32),
-    st.builds(ev.DownloadEnd, b32),
-    st.builds(ev.ImageList, st.lists(entries, max_size=4).map(tuple)),
-    st.builds(ev.Error, st.sampled_from(ErrorCode), st.text(max_size=200), st.booleans()),
-)
+token_names = st.text(max_size=16)  # at most 64 bytes of UTF-8
+tokens = st.builds(ev.TokenInfo, u64, token_names, u64, u64, u64)
+shares = st.builds(ev.ShareInfo, usernames, u64, u64)
+scopes = st.sampled_from(ListScope)
+
+#: A strategy for every sealed message type (a test checks that none is missing).
+EVENTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
+    ev.Login: st.builds(ev.Login, usernames, passwords),
+    ev.Register: st.builds(ev.Register, usernames, passwords, st.binary(max_size=100)),
+    ev.TokenLogin: st.builds(ev.TokenLogin, st.binary(max_size=256)),
+    ev.CertLogin: st.just(ev.CertLogin()),
+    ev.Passwd: st.builds(ev.Passwd, passwords, passwords, st.booleans()),
+    ev.TokenCreate: st.builds(ev.TokenCreate, token_names, u64),
+    ev.TokenList: st.just(ev.TokenList()),
+    ev.TokenRevoke: st.builds(ev.TokenRevoke, u64),
+    ev.Info: st.just(ev.Info()),
+    ev.ServerInfo: st.builds(
+        ev.ServerInfo, u64, st.integers(0, (1 << 32) - 1), u64, st.sampled_from(Registration), u8
+    ),
+    ev.UploadBegin: st.builds(ev.UploadBegin, headers, b32),
+    ev.UploadEnd: st.builds(ev.UploadEnd, b32),
+    ev.Download: st.builds(ev.Download, b16),
+    ev.ListImages: st.just(ev.ListImages()),
+    ev.Share: st.builds(ev.Share, b16, usernames, u64),
+    ev.Delete: st.builds(ev.Delete, b16),
+    ev.Unshare: st.builds(ev.Unshare, b16, usernames),
+    ev.Shares: st.builds(ev.Shares, b16),
+    ev.ListPage: st.builds(ev.ListPage, scopes, u64, b16, st.integers(1, 1000)),
+    ev.Ok: st.just(ev.Ok()),
+    ev.LoginOk: st.builds(ev.LoginOk, usernames),
+    ev.Token: st.builds(ev.Token, u64, st.binary(max_size=256), u64),
+    ev.Tokens: st.builds(ev.Tokens, st.lists(tokens, max_size=4).map(tuple)),
+    ev.UploadReady: st.builds(ev.UploadReady, st.integers(0, (1 << 32) - 1)),
+    ev.Receipt: st.builds(ev.Receipt, bodies, st.integers(0, 0xFFFF), st.binary(max_size=600)),
+    ev.DownloadBegin: st.builds(ev.DownloadBegin, b16, headers, b32),
+    ev.DownloadEnd: st.builds(ev.DownloadEnd, b32),
+    ev.ImageList: st.builds(ev.ImageList, st.lists(entries, max_size=4).map(tuple)),
+    ev.ImagePage: st.builds(ev.ImagePage, st.lists(entries, max_size=4).map(tuple), st.booleans()),
+    ev.ShareList: st.builds(ev.ShareList, b16, st.lists(shares, max_size=4).map(tuple)),
+    ev.Error: st.one_of(
+        st.builds(ev.Error, st.sampled_from(ErrorCode), st.text(max_size=200), st.booleans()),
+        st.builds(
+            ev.Error,
+            st.just(ErrorCode.TRY_LATER),
+            st.text(max_size=200),
+            st.booleans(),
+            st.integers(0, MAX_RETRY_AFTER_MS),
+        ),
+    ),
+}
+sealed_events = st.one_of(*EVENTS.values())
+
+
+def test_every_sealed_message_type_has_a_strategy() -> None:
+    assert set(EVENTS) == set(MESSAGE_TYPE_OF)
+    assert set(MESSAGE_TYPE_OF.values()) == set(MessageType) - {MessageType.UPLOAD_RESUME}
 
 
 @SETTINGS
@@ -142,6 +187,115 @@ def test_field_limits(event: ev.Event, code: ErrorCode | None) -> None:
         assert caught.value.code == code
 
 
+def _counted_entries(count: int) -> bytes:
+    """``u32 count || count x image entry``, as IMAGE_LIST and IMAGE_PAGE carry them."""
+    entry = ev.ImageEntry(bytes(16), 1, 2, bytes(32), "bob", "a.png")
+    return encode_message(ev.ImageList((entry,) * count))[1:]
+
+
+def _list_page(scope: int, limit: int) -> bytes:
+    return bytes((0x26, scope)) + codec.u64(0) + bytes(16) + codec.u16(limit)
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "code"),
+    [
+        # LIST_PAGE: limit 1..1000, scope OWN or SHARED_WITH_ME
+        (_list_page(0, 1), None),
+        (_list_page(1, 1000), None),
+        (_list_page(0, 0), ErrorCode.MALFORMED),
+        (_list_page(0, 1001), ErrorCode.TOO_LARGE),
+        (_list_page(0, 0xFFFF), ErrorCode.TOO_LARGE),
+        (_list_page(2, 10), ErrorCode.MALFORMED),
+        (_list_page(0xFF, 10), ErrorCode.MALFORMED),
+        # flags are 0 or 1
+        (bytes((0x05,)) + codec.var16(b"old") + codec.var16(b"new") + b"\x01", None),
+        (bytes((0x05,)) + codec.var16(b"old") + codec.var16(b"new") + b"\x02", ErrorCode.MALFORMED),
+        (bytes((0x05,)) + codec.var16(b"old") + codec.var16(b"new"), ErrorCode.MALFORMED),
+        (bytes((0xA4, 1)) + codec.u32(0), None),
+        (bytes((0xA4, 2)) + codec.u32(0), ErrorCode.MALFORMED),
+        # TOKEN: the secret is at most MAX_TOKEN_BYTES
+        (bytes((0x82,)) + codec.u64(1) + codec.var16(b"t" * 256) + codec.u64(0), None),
+        (
+            bytes((0x82,)) + codec.u64(1) + codec.var16(b"t" * 257) + codec.u64(0),
+            ErrorCode.TOO_LARGE,
+        ),
+        # TOKEN_CREATE and TOKENS: token names are at most 64 bytes
+        (bytes((0x06,)) + codec.var8(b"n" * 64) + codec.u64(0), None),
+        (bytes((0x06,)) + codec.var8(b"n" * 65) + codec.u64(0), ErrorCode.TOO_LARGE),
+        (
+            bytes((0x83,)) + codec.u32(1) + codec.u64(1) + codec.var8(b"n" * 65) + bytes(24),
+            ErrorCode.TOO_LARGE,
+        ),
+        (bytes((0x06,)) + codec.var8(b"\xff") + codec.u64(0), ErrorCode.MALFORMED),
+        # lists: at most 1000 entries, checked on the count before any entry
+        (bytes((0x83,)) + codec.u32(1000), ErrorCode.MALFORMED),  # short, not too long
+        (bytes((0x83,)) + codec.u32(1001), ErrorCode.TOO_LARGE),
+        (bytes((0xA3,)) + bytes(16) + codec.u32(1001), ErrorCode.TOO_LARGE),
+        (bytes((0xA4, 0)) + codec.u32(1001), ErrorCode.TOO_LARGE),
+        (bytes((0xA4, 0)) + codec.u32(0xFFFFFFFF), ErrorCode.TOO_LARGE),
+        (bytes((0xA4, 0)) + _counted_entries(2), None),
+        # user names: at most 64 bytes; SHARE's expiry is part of the message
+        (bytes((0x22,)) + bytes(16) + codec.var8(b"b" * 65) + codec.u64(0), ErrorCode.TOO_LARGE),
+        (
+            bytes((0x22,)) + bytes(16) + codec.var8(b"bob"),
+            ErrorCode.MALFORMED,
+        ),  # the form before expires_ms
+        (bytes((0x24,)) + bytes(16) + codec.var8(b"b" * 65), ErrorCode.TOO_LARGE),
+        (
+            bytes((0xA3,)) + bytes(16) + codec.u32(1) + codec.var8(b"b" * 65) + bytes(16),
+            ErrorCode.TOO_LARGE,
+        ),
+        # the empty messages are empty, the fixed ones fixed
+        (bytes((0x04,)), None),
+        (bytes((0x04, 0)), ErrorCode.MALFORMED),
+        (bytes((0x07, 0)), ErrorCode.MALFORMED),
+        (bytes((0x08,)) + bytes(7), ErrorCode.MALFORMED),
+        (bytes((0x25,)) + bytes(15), ErrorCode.MALFORMED),
+        (bytes((0x25,)) + bytes(17), ErrorCode.MALFORMED),
+        # reserved, and unknown
+        (bytes((0x12,)) + bytes(48), ErrorCode.UNSUPPORTED),
+        (bytes((0x27,)), ErrorCode.UNEXPECTED_MESSAGE),
+        (bytes((0x85,)), ErrorCode.UNEXPECTED_MESSAGE),
+        (bytes((0x09, 0)), ErrorCode.MALFORMED),
+        (bytes((0x84,)) + bytes(20) + bytes((3, 5)), ErrorCode.MALFORMED),  # registration 3
+        (bytes((0x84,)) + bytes(21), ErrorCode.MALFORMED),  # one byte short
+        (bytes((0x02, 1, 0x61, 0, 1, 0x70, 1, 1)) + bytes(257), ErrorCode.TOO_LARGE),
+    ],
+)
+def test_new_messages_reject_what_the_spec_rejects(
+    plaintext: bytes, code: ErrorCode | None
+) -> None:
+    if code is None:
+        event = parse_message(plaintext)
+        assert encode_message(event) == plaintext
+        return
+    with pytest.raises(RemoteProtocolError) as caught:
+        parse_message(plaintext)
+    assert caught.value.code == code
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ev.ListPage(limit=0),
+        ev.ListPage(limit=1001),
+        ev.ListPage(after_id=bytes(15)),
+        ev.Token(1, b"t" * 257),
+        ev.TokenCreate("n" * 65),
+        ev.Tokens((ev.TokenInfo(1, "n", 0, 0, 0),) * 1001),
+        ev.ShareList(bytes(16), (ev.ShareInfo("bob", 0, 0),) * 1001),
+        ev.ImagePage((ev.ImageEntry(bytes(16), 1, 2, bytes(32), "b", "n"),) * 1001),
+        ev.Share(bytes(16), "b" * 65),
+    ],
+)
+def test_what_a_peer_must_reject_does_not_round_trip(event: ev.Event) -> None:
+    """The encoder writes it (a sender checks by parsing its own message back, see
+    test_protocol_roundtrip.py), and the parser refuses it."""
+    with pytest.raises(RemoteProtocolError):
+        parse_message(encode_message(event))
+
+
 def test_image_list_length_is_bounded() -> None:
     plaintext = bytes((0xA2,)) + codec.u32(1001)
     with pytest.raises(RemoteProtocolError) as caught:
@@ -158,9 +312,12 @@ def test_events_do_not_show_secrets_in_repr() -> None:
             ev.UploadBegin(header, secret),
             ev.DownloadBegin(bytes(16), header, secret),
             ev.TokenLogin(b"token-secret"),
+            ev.Token(1, b"token-secret"),
+            ev.Passwd("hunter2", "hunter3"),
+            ev.Register("alice", "hunter2", b"invite-secret"),
         ]
     )
-    assert "hunter2" not in shown and "token-secret" not in shown
+    assert "hunter2" not in shown and "hunter3" not in shown and "secret" not in shown
     assert repr(secret) not in shown and "alice" in shown
 
 

@@ -36,7 +36,7 @@ from imgshare.protocol import (
     new_upload,
 )
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import RECORD_HEADER_SIZE, TAG_SIZE
+from imgshare.protocol.constants import RECORD_HEADER_SIZE, TAG_SIZE, ListScope
 from protocol_helpers import (
     HEADER,
     SPLITS,
@@ -179,6 +179,118 @@ def test_non_fatal_error_answers_and_returns_to_idle(
     assert pair.client.state is pair.server.state is State.IDLE
     pair.send(pair.client, ev.ListImages())  # the session goes on
     pair.send(pair.server, ev.ImageList(()))
+
+
+_ENTRY = ev.ImageEntry(bytes([7]) * 16, 5000, 1_700_000_000_000, bytes(32), "alice", "a.png")
+_IN_A_DAY = 1_767_225_600_000
+
+
+@pytest.mark.parametrize(
+    ("request_event", "waiting", "answer"),
+    [
+        (ev.CertLogin(), State.AWAIT_LOGIN, ev.LoginOk("alice")),
+        (ev.TokenLogin(b"imgshare-token-" + b"x" * 43), State.AWAIT_LOGIN, ev.LoginOk("alice")),
+        (ev.Register("carol", "a password", b"imgshare-invite-x"), State.AWAIT_OK, ev.Ok()),
+        (ev.Passwd("old password", "new password", True), State.AWAIT_OK, ev.Ok()),
+        (
+            ev.TokenCreate("laptop", _IN_A_DAY),
+            State.AWAIT_TOKEN,
+            ev.Token(3, b"imgshare-token-" + b"y" * 43, _IN_A_DAY),
+        ),
+        (
+            ev.TokenList(),
+            State.AWAIT_TOKENS,
+            ev.Tokens((ev.TokenInfo(3, "laptop", 1, _IN_A_DAY, 0), ev.TokenInfo(4, "ci", 2, 0, 5))),
+        ),
+        (ev.TokenRevoke(3), State.AWAIT_OK, ev.Ok()),
+        (ev.Share(bytes(16), "bob", _IN_A_DAY), State.AWAIT_OK, ev.Ok()),
+        (ev.Unshare(bytes(16), "bob"), State.AWAIT_OK, ev.Ok()),
+        (
+            ev.Shares(bytes(16)),
+            State.AWAIT_SHARES,
+            ev.ShareList(bytes(16), (ev.ShareInfo("bob", 1, 0), ev.ShareInfo("carol", 2, 9))),
+        ),
+        (ev.Delete(bytes(16)), State.AWAIT_OK, ev.Ok()),
+        (ev.ListPage(), State.AWAIT_PAGE, ev.ImagePage((_ENTRY,), more=True)),
+        (
+            ev.ListPage(ListScope.SHARED_WITH_ME, _ENTRY.created_ms, _ENTRY.image_id, 1),
+            State.AWAIT_PAGE,
+            ev.ImagePage(()),
+        ),
+    ],
+)
+def test_accounts_and_sharing_requests(
+    pair: ConnectionPair, request_event: ev.Event, waiting: State, answer: ev.Event
+) -> None:
+    pair.send(pair.client, request_event)
+    assert pair.client.state is pair.server.state is waiting
+    with pytest.raises(LocalProtocolError):  # one request at a time
+        pair.client.send(ev.ListImages())
+    with pytest.raises(LocalProtocolError):  # only its own answer
+        pair.server.send(ev.ImageList(()) if not isinstance(answer, ev.ImageList) else ev.Ok())
+    pair.send(pair.server, answer)
+    assert pair.client.state is pair.server.state is State.IDLE
+    pair.send(pair.client, request_event)  # and again: the session goes on
+    pair.send(pair.server, ev.Error(ErrorCode.NOT_FOUND, "no"))
+    assert pair.client.state is pair.server.state is State.IDLE
+
+
+def test_fatal_auth_required_ends_the_session(pair: ConnectionPair) -> None:
+    """A removed user's or a revoked token's session: its next request ends it."""
+    pair.send(pair.client, ev.TokenList())
+    pair.send(pair.server, ev.Error(ErrorCode.AUTH_REQUIRED, "token revoked", fatal=True))
+    assert pair.client.state is pair.server.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ev.TokenRevoke(-1),
+        ev.TokenRevoke(1 << 64),
+        ev.TokenCreate("n", -5),
+        ev.Share(bytes(16), "bob", 1 << 64),
+        ev.ListPage(after_ms=-1),
+        ev.ListPage(limit=1 << 16),
+        ev.ListPage(limit=0),
+        ev.ListPage(after_id=bytes(17)),
+        ev.Passwd("a", "b" * 1025),
+        ev.TokenCreate("n" * 65),
+        ev.Unshare(bytes(15), "bob"),
+    ],
+)
+def test_client_cannot_send_what_the_server_must_reject(
+    pair: ConnectionPair, event: ev.Event
+) -> None:
+    """Out-of-range integers and fields are a LocalProtocolError, and nothing is sent."""
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(event)
+    assert pair.client.state is State.IDLE
+    pair.send(pair.client, ev.ListImages())  # the sequence numbers did not move
+    pair.send(pair.server, ev.ImageList(()))
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ev.Token(-1, b"t"),
+        ev.Tokens((ev.TokenInfo(1, "n", -1, 0, 0),)),
+        ev.ShareList(bytes(16), (ev.ShareInfo("bob", 0, 1 << 64),)),
+        ev.ImagePage((_ENTRY,) * 1001),
+    ],
+)
+def test_server_cannot_send_what_the_client_must_reject(
+    pair: ConnectionPair, event: ev.Event
+) -> None:
+    request = {
+        ev.Token: ev.TokenCreate("n"),
+        ev.Tokens: ev.TokenList(),
+        ev.ShareList: ev.Shares(bytes(16)),
+        ev.ImagePage: ev.ListPage(),
+    }[type(event)]
+    pair.send(pair.client, request)
+    with pytest.raises(LocalProtocolError):
+        pair.server.send(event)
+    pair.send(pair.server, ev.Error(ErrorCode.INTERNAL, "could not"))
 
 
 def test_non_fatal_error_answers_an_upload(pair: ConnectionPair) -> None:

@@ -28,6 +28,7 @@ from PIL import Image
 from imgshare.errors import IntegrityError, StorageError
 from imgshare.protocol import (
     ClientConnection,
+    Limits,
     PinnedCertificate,
     ServerConnection,
     State,
@@ -37,10 +38,12 @@ from imgshare.protocol import (
 )
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import (
+    MAX_PAGE_ENTRIES,
     MAX_RETRY_AFTER_MS,
     RECORD_HEADER_SIZE,
     ErrorCode,
     ListScope,
+    Registration,
 )
 from imgshare.protocol.state import TRANSITIONS, Role
 from imgshare.protocol.stream import new_upload
@@ -340,6 +343,18 @@ def test_the_throttle_says_try_later(make_service: ServiceFactory) -> None:
     other = Wire(service, address="198.51.100.9")
     assert error(other.login()).code is ErrorCode.TRY_LATER
     assert error(other.login("bob", "wrong password")).code is ErrorCode.AUTH_FAILED
+
+
+def test_info_tells_the_limits_before_a_login(make_service: ServiceFactory) -> None:
+    service = make_service(registration="invite", max_pixels=12_000_000)
+    (info,) = Wire(service).request(ev.Info())
+    assert info == ev.ServerInfo(
+        max_image_size=Limits().max_image_size,
+        max_record_size=Limits().max_record_size,
+        max_pixels=12_000_000,
+        registration=Registration.INVITE,
+        max_login_failures=5,
+    )
 
 
 def test_requests_before_login_need_a_login(service: Service) -> None:
@@ -1138,6 +1153,21 @@ def test_sharing_with_oneself_nobody_or_until_the_past_is_refused(service: Servi
     assert (past.code, past.fatal) == (ErrorCode.INVALID_ARGUMENT, False)
     assert service.catalog.shares_of(image_id.hex(), now_ms()) == []
     assert events_of(service, "share_granted") == []
+
+
+def test_an_image_is_shared_with_at_most_a_share_lists_worth(service: Service) -> None:
+    alice = Wire(service)
+    alice.login()
+    image_id = uploaded(alice).body.image_id
+    catalog, now = service.catalog, now_ms()
+    for number in range(MAX_PAGE_ENTRIES):
+        reader = catalog.add_user(f"reader{number}", "not a real hash")
+        catalog.share_image(image_id.hex(), reader.id, now, 0)
+    refused = error(alice.request(ev.Share(image_id, "bob")))
+    assert (refused.code, refused.fatal) == (ErrorCode.INVALID_ARGUMENT, False)
+    assert alice.request(ev.Share(image_id, "reader7", now + 60_000)) == [ev.Ok()]  # renewal
+    (listed,) = alice.request(ev.Shares(image_id))
+    assert isinstance(listed, ev.ShareList) and len(listed.shares) == MAX_PAGE_ENTRIES
 
 
 def test_an_expired_share_stops_at_once(service: Service) -> None:

@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from imgshare.errors import CertificateError, ConfigError
 from imgshare.pki.verify import _extension
+from imgshare.protocol.constants import USERNAME_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ CLOCK_SKEW = timedelta(minutes=5)
 RSA_KEY_SIZE = 3072
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-_CLIENT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+# A client certificate names the user CERT_LOGIN logs in as: a user name.
+_CLIENT_NAME = re.compile(USERNAME_PATTERN)
 _RESERVED_NAMES = frozenset({"ca", "server"})  # `certs client ca` must not clobber the CA
 
 
@@ -89,16 +91,17 @@ def parse_host(host: str) -> x509.GeneralName:
 
 
 def check_client_name(name: str) -> str:
-    """Check that a client name is a safe simple name, never a path; return it.
+    """Check that a client name is a user name, never a path; return it.
 
-    The name becomes the subject CN and the file names ``NAME.pem``/``NAME.key``,
-    so it must not contain a separator, start with a dot, or be ``ca``/``server``.
-    Raises ``ConfigError``.
+    The name becomes the subject CN, which CERT_LOGIN logs in as, and the file names
+    ``NAME.pem``/``NAME.key``, so it must be a user name (no separator, no leading
+    dot) and not ``ca``/``server``. Raises ``ConfigError``.
     """
-    if not _CLIENT_NAME.fullmatch(name) or name.lower() in _RESERVED_NAMES:
+    if not _CLIENT_NAME.fullmatch(name) or name in _RESERVED_NAMES:
         raise ConfigError(
-            f"invalid client name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "not starting with '.', and not 'ca' or 'server'"
+            f"invalid client name {name!r}: a client certificate names the user it logs "
+            "in as, so use a user name (1 to 32 lowercase letters, digits, '_', '.' and "
+            "'-', starting with a letter or digit), and not 'ca' or 'server'"
         )
     return name
 

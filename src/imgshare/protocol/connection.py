@@ -285,7 +285,8 @@ class _Connection:
         try:
             plaintext = messages.encode_message(event)
             messages.parse_message(plaintext)
-        except (ValueError, TypeError, ProtocolError) as exc:
+        except (ValueError, TypeError, struct.error, ProtocolError) as exc:
+            # struct.error: an integer field out of its range (a negative id, a u64 over 2**64)
             raise LocalProtocolError(f"cannot send {type(event).__name__}: {exc}") from exc
         return plaintext
 

@@ -42,6 +42,8 @@ MAX_MESSAGE_TEXT_BYTES: Final = 1024
 MAX_LIST_ENTRIES: Final = 1000
 MAX_RETRY_AFTER_MS: Final = 3_600_000  # a TRY_LATER hint is at most an hour
 MAX_TOKEN_NAME_BYTES: Final = 64
+#: What a user name is (docs/protocol.md, section 6.4): lowercase, never case-folded.
+USERNAME_PATTERN: Final = r"[a-z0-9][a-z0-9_.-]{0,31}"
 MAX_PAGE_ENTRIES: Final = 1000  # IMAGE_PAGE, SHARE_LIST and TOKEN_LIST entries
 
 #: Context strings. Each signature and each derived key has its own, so a value made
@@ -83,6 +85,7 @@ class MessageType(enum.IntEnum):
     TOKEN_CREATE = 0x06
     TOKEN_LIST = 0x07
     TOKEN_REVOKE = 0x08
+    INFO = 0x09
     UPLOAD_BEGIN = 0x10
     UPLOAD_END = 0x11
     UPLOAD_RESUME = 0x12  # reserved for resumable uploads; v1 servers answer UNSUPPORTED
@@ -98,6 +101,7 @@ class MessageType(enum.IntEnum):
     LOGIN_OK = 0x81
     TOKEN = 0x82
     TOKENS = 0x83
+    SERVER_INFO = 0x84
     UPLOAD_READY = 0x90
     RECEIPT = 0x91
     DOWNLOAD_BEGIN = 0xA0
@@ -133,6 +137,14 @@ class ErrorCode(enum.IntEnum):
     TRY_LATER = 25  # overloaded or throttled: not processed, retry after the hint
     ALREADY_EXISTS = 26  # the name is taken
     INVALID_ARGUMENT = 27  # well-formed, but a value the server does not accept
+
+
+class Registration(enum.IntEnum):
+    """Who may REGISTER on a server (SERVER_INFO says)."""
+
+    CLOSED = 0  # only an administrator makes accounts
+    INVITE = 1  # with a one-time invitation code
+    OPEN = 2  # anyone, a few an hour per network
 
 
 class ListScope(enum.IntEnum):

@@ -19,6 +19,7 @@ from imgshare.protocol.constants import (
     SIGNATURE_PAD,
     ErrorCode,
     ListScope,
+    Registration,
 )
 from imgshare.protocol.stream import UploadHeader
 
@@ -135,6 +136,11 @@ class TokenRevoke(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Info(Event):
+    """What does this server accept? Allowed before logging in."""
+
+
+@dataclass(frozen=True, slots=True)
 class UploadBegin(Event):
     """Starts an upload: the content key travels wrapped by the session AEAD."""
 
@@ -229,6 +235,18 @@ class TokenInfo:
 @dataclass(frozen=True, slots=True)
 class Tokens(Event):
     tokens: tuple[TokenInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo(Event):
+    """The server's limits a client can check before it sends, and how to get an
+    account."""
+
+    max_image_size: int
+    max_record_size: int
+    max_pixels: int
+    registration: Registration
+    max_login_failures: int
 
 
 @dataclass(frozen=True, slots=True)

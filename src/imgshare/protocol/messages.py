@@ -31,6 +31,7 @@ from imgshare.protocol.constants import (
     ErrorCode,
     ListScope,
     MessageType,
+    Registration,
 )
 from imgshare.protocol.stream import UploadHeader
 
@@ -196,8 +197,11 @@ def _fields(event: ev.Event) -> bytes:
             return body
         case ev.TokenLogin(token):
             return codec.var16(token)
-        case ev.CertLogin() | ev.TokenList():
+        case ev.CertLogin() | ev.TokenList() | ev.Info():
             return b""
+        case ev.ServerInfo(max_image_size, max_record_size, max_pixels, registration, failures):
+            limits = codec.u64(max_image_size) + codec.u32(max_record_size)
+            return limits + codec.u64(max_pixels) + codec.u8(registration) + codec.u8(failures)
         case ev.Passwd(old_password, new_password, revoke_tokens):
             body = _text16(old_password) + _text16(new_password)
             return body + codec.u8(int(revoke_tokens))
@@ -262,6 +266,8 @@ MESSAGE_TYPE_OF: dict[type[ev.Event], MessageType] = {
     ev.TokenCreate: MessageType.TOKEN_CREATE,
     ev.TokenList: MessageType.TOKEN_LIST,
     ev.TokenRevoke: MessageType.TOKEN_REVOKE,
+    ev.Info: MessageType.INFO,
+    ev.ServerInfo: MessageType.SERVER_INFO,
     ev.Share: MessageType.SHARE,
     ev.Delete: MessageType.DELETE,
     ev.Unshare: MessageType.UNSHARE,
@@ -381,6 +387,15 @@ def _parse_share_list(reader: codec.Reader) -> ev.ShareList:
     return ev.ShareList(image_id, tuple(shares))
 
 
+def _parse_server_info(reader: codec.Reader) -> ev.ServerInfo:
+    max_image_size, max_record_size, max_pixels = reader.u64(), reader.u32(), reader.u64()
+    try:
+        registration = Registration(reader.u8())
+    except ValueError:
+        raise codec.malformed("SERVER_INFO registration") from None
+    return ev.ServerInfo(max_image_size, max_record_size, max_pixels, registration, reader.u8())
+
+
 def _parse_token(reader: codec.Reader) -> ev.Token:
     token_id = reader.u64()
     secret = reader.var16()
@@ -409,7 +424,10 @@ def _parse_fields(message_type: MessageType, reader: codec.Reader) -> ev.Event:
             return ev.Login(*_parse_credentials(reader))
         case MessageType.REGISTER:
             username, password = _parse_credentials(reader)
-            return ev.Register(username, password, reader.var16())
+            invitation = reader.var16()
+            if len(invitation) > MAX_TOKEN_BYTES:
+                raise RemoteProtocolError("invitation too long", ErrorCode.TOO_LARGE)
+            return ev.Register(username, password, invitation)
         case MessageType.TOKEN_LOGIN:
             token = reader.var16()
             if len(token) > MAX_TOKEN_BYTES:
@@ -446,6 +464,10 @@ def _parse_fields(message_type: MessageType, reader: codec.Reader) -> ev.Event:
             return ev.TokenCreate(name, reader.u64())
         case MessageType.TOKEN_LIST:
             return ev.TokenList()
+        case MessageType.INFO:
+            return ev.Info()
+        case MessageType.SERVER_INFO:
+            return _parse_server_info(reader)
         case MessageType.TOKEN_REVOKE:
             return ev.TokenRevoke(reader.u64())
         case MessageType.TOKEN:

@@ -35,6 +35,7 @@ class State(enum.Enum):
     AWAIT_TOKEN = "await token"
     AWAIT_TOKENS = "await tokens"
     AWAIT_SHARES = "await shares"
+    AWAIT_INFO = "await info"
     AWAIT_UPLOAD_READY = "await upload ready"
     UPLOADING = "uploading"
     UPLOADED = "all chunks uploaded"
@@ -65,6 +66,7 @@ TRANSITIONS: dict[tuple[State, Role, type[ev.Event]], State] = {
     (State.IDLE, C, ev.Unshare): State.AWAIT_OK,
     (State.IDLE, C, ev.Shares): State.AWAIT_SHARES,
     (State.IDLE, C, ev.ListPage): State.AWAIT_PAGE,
+    (State.IDLE, C, ev.Info): State.AWAIT_INFO,
     (State.AWAIT_LOGIN, S, ev.LoginOk): State.IDLE,
     (State.AWAIT_OK, S, ev.Ok): State.IDLE,
     (State.AWAIT_LIST, S, ev.ImageList): State.IDLE,
@@ -72,6 +74,7 @@ TRANSITIONS: dict[tuple[State, Role, type[ev.Event]], State] = {
     (State.AWAIT_TOKEN, S, ev.Token): State.IDLE,
     (State.AWAIT_TOKENS, S, ev.Tokens): State.IDLE,
     (State.AWAIT_SHARES, S, ev.ShareList): State.IDLE,
+    (State.AWAIT_INFO, S, ev.ServerInfo): State.IDLE,
     (State.AWAIT_UPLOAD_READY, S, ev.UploadReady): State.UPLOADING,
     (State.UPLOADING, C, ev.Chunk): State.UPLOADING,
     (State.UPLOADED, C, ev.UploadEnd): State.AWAIT_RECEIPT,
@@ -94,6 +97,7 @@ ANSWER_STATES = frozenset(
         State.AWAIT_TOKEN,
         State.AWAIT_TOKENS,
         State.AWAIT_SHARES,
+        State.AWAIT_INFO,
         State.AWAIT_UPLOAD_READY,
         State.AWAIT_RECEIPT,
         State.AWAIT_DOWNLOAD,

@@ -34,6 +34,7 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from imgshare.errors import AuthError, ConfigError, ForbiddenError, StorageError
+from imgshare.protocol.constants import USERNAME_PATTERN
 from imgshare.server.credentials import secret_hash
 from imgshare.server.logins import HashGate, Line
 from imgshare.store.access import InvitationError
@@ -41,7 +42,7 @@ from imgshare.store.catalog import Catalog, DeletedImage, User, UserExistsError,
 
 log = logging.getLogger(__name__)
 
-USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+USERNAME_RE = re.compile(USERNAME_PATTERN)
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 ARGON2_TIME_COST = 3

@@ -1,5 +1,6 @@
 """Requests about who you are: logging in (password, token, client certificate),
-registering, changing a password, and API tokens.
+registering, changing a password, and API tokens; and INFO, what the server accepts,
+which a client asks before it logs in or registers.
 
 Each handler takes the session and its request and yields the answers; every outcome
 that matters for security is recorded in the catalog's audit trail. Logging in with a
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from imgshare.errors import AuthError, ImgshareError, TryLaterError
 from imgshare.logs import fields
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import MAX_PAGE_ENTRIES, ErrorCode
+from imgshare.protocol.constants import MAX_PAGE_ENTRIES, ErrorCode, Registration
 from imgshare.server.answers import Answers, error, refusal, try_later
 from imgshare.store import User
 from imgshare.store.access import MAX_INTEGER
@@ -183,3 +184,15 @@ def token_revoke(session: Session, event: ev.Event) -> Answers:
         name=revoked.name,
     )
     yield ev.Ok()
+
+
+def info(session: Session, event: ev.Event) -> Answers:
+    """The limits a client can check before it sends, and how to get an account."""
+    service, limits = session.service, session.conn.limits
+    yield ev.ServerInfo(
+        max_image_size=limits.max_image_size,
+        max_record_size=limits.max_record_size,
+        max_pixels=service.image_policy.max_pixels,
+        registration=Registration[service.registration.upper()],
+        max_login_failures=service.max_login_failures,
+    )

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 from imgshare.errors import ImageError, QuotaError, StorageError, TryLaterError
 from imgshare.logs import fields
 from imgshare.protocol import events as ev
-from imgshare.protocol.constants import MAX_LIST_ENTRIES, TAG_SIZE, ErrorCode, ListScope
+from imgshare.protocol.constants import (
+    MAX_LIST_ENTRIES,
+    MAX_PAGE_ENTRIES,
+    TAG_SIZE,
+    ErrorCode,
+    ListScope,
+)
 from imgshare.server.answers import Answers, error, try_later
 from imgshare.server.upload import Upload, buffer_memory
 from imgshare.store import ImageRecord, User
@@ -170,6 +176,11 @@ def share(session: Session, event: ev.Event) -> Answers:
         return
     if target.id == user.id:
         yield error(ErrorCode.INVALID_ARGUMENT, "an image is always visible to its owner")
+        return
+    current = catalog.shares_of(record.id, now)
+    if len(current) >= MAX_PAGE_ENTRIES and all(s.username != target.name for s in current):
+        # SHARE_LIST carries at most MAX_PAGE_ENTRIES shares.
+        yield error(ErrorCode.INVALID_ARGUMENT, "too many shares of this image: unshare some")
         return
     catalog.share_image(record.id, target.id, now, event.expires_ms)
     catalog.audit(

@@ -129,7 +129,7 @@ class Session:
 
     #: Requests that need no login.
     OPEN_REQUESTS: ClassVar[frozenset[type[ev.Event]]] = frozenset(
-        {ev.Login, ev.TokenLogin, ev.CertLogin, ev.Register}
+        {ev.Login, ev.TokenLogin, ev.CertLogin, ev.Register, ev.Info}
     )
 
     #: Every request a client may send, and what answers it.
@@ -138,6 +138,7 @@ class Session:
         ev.TokenLogin: auth_requests.token_login,
         ev.CertLogin: auth_requests.cert_login,
         ev.Register: auth_requests.register,
+        ev.Info: auth_requests.info,
         ev.Passwd: auth_requests.passwd,
         ev.TokenCreate: auth_requests.token_create,
         ev.TokenList: auth_requests.token_list,

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from imgshare.protocol.constants import USERNAME_PATTERN
 from imgshare.store.blobs import (
     AtomicFile,
     FileBlobStore,
@@ -34,9 +35,9 @@ from imgshare.store.blobs import (
     unlink_in,
 )
 
-# Same rule as imgshare.server.accounts.USERNAME_RE (a test checks that they agree); checked
-# again here because a user name becomes a folder name.
-USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+# The user name rule (imgshare.protocol.constants), checked again here because a user
+# name becomes a folder name.
+USERNAME_RE = re.compile(USERNAME_PATTERN)
 INBOX_NAME_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{32}\.[a-z0-9]{1,5}")
 
 
