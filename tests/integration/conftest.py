@@ -40,6 +40,15 @@ from helpers import RunningServer, start_server
 from imgshare.client import ClientSession
 
 
+@pytest.fixture(autouse=True)
+def _no_personal_profile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Client commands never read or write the login profile of whoever runs the
+    tests: the default profile folder is an empty one of the test's own."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+
+
 @pytest.fixture
 def make_server(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch

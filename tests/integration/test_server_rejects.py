@@ -32,6 +32,8 @@ from imgshare.errors import PeerError
 from imgshare.logs import HumanFormatter
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import ErrorCode
+from imgshare.server.answers import Answers
+from imgshare.server.session import Session
 
 MIB = 1024 * 1024
 
@@ -393,3 +395,28 @@ def test_client_file_name_cannot_forge_a_log_line(
     received = [r for r in caplog.records if r.getMessage() == "image received"]
     assert len(received) == 1
     assert "\n" not in HumanFormatter().format(received[0])
+
+
+# --- a bug in a request handler -------------------------------------------------------------
+
+
+def test_a_bug_in_a_handler_is_a_fatal_internal_error_and_the_server_goes_on(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(session: Session, event: ev.Event) -> Answers:
+        raise ZeroDivisionError("a bug")
+        yield  # a generator, like every handler
+
+    monkeypatch.setitem(Session.HANDLERS, ev.Shares, broken)
+    with server.raw() as raw:
+        raw.login("alice")
+        raw.send(ev.Shares(bytes(16)))
+        answer = raw.receive()
+        assert isinstance(answer, ev.Error)
+        assert (answer.code, answer.fatal) == (ErrorCode.INTERNAL, True)
+        assert "a bug" not in answer.message  # the details stay in the server's log
+    assert any("ZeroDivisionError" in (r.exc_text or "") for r in caplog.records)
+    with server.raw() as raw:  # the next connection is served as usual
+        raw.login("alice")
+        raw.send(ev.ListImages())
+        assert isinstance(raw.receive(), ev.ImageList)

@@ -28,14 +28,20 @@ def cli() -> None:
 
 def _register_commands() -> None:
     # Imported here so that each command module can import `cli` helpers freely.
-    from imgshare.cli import certs, client, serve, users
+    from imgshare.cli import account, audit, certs, client, serve, users
 
     cli.add_command(certs.certs)
     cli.add_command(serve.serve)
     cli.add_command(users.user)
+    cli.add_command(audit.audit)
     cli.add_command(client.send)
     cli.add_command(client.get)
     cli.add_command(client.list_images)
+    for command in (client.share, client.unshare, client.shares, client.delete):
+        cli.add_command(command)
+    for command in (account.register, account.login, account.logout, account.passwd):
+        cli.add_command(command)
+    cli.add_command(account.token)
 
 
 _register_commands()

@@ -20,31 +20,37 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 from cryptography import x509
 
 from imgshare import pki
 from imgshare.errors import (
     CertificateError,
+    ConfigError,
     HandshakeError,
     ImgshareError,
     PeerError,
     ProtocolError,
+    RemoteProtocolError,
     TransportError,
 )
 from imgshare.protocol import ClientConnection, Group, PinnedCertificate, StreamOpener, StreamSealer
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import (
     DEFAULT_CHUNK_SIZE,
+    IMAGE_ID_SIZE,
     MAX_CHUNK_SIZE,
     MAX_NAME_BYTES,
+    MAX_PAGE_ENTRIES,
     RECORD_HEADER_SIZE,
     TAG_SIZE,
     ErrorCode,
+    ListScope,
 )
 from imgshare.protocol.keys import ServerVerifier, VerifyingKey, public_key_of
 from imgshare.protocol.stream import new_upload
+from imgshare.safetext import safe_filename
 from imgshare.store.blobs import AtomicFile
 
 log = logging.getLogger(__name__)
@@ -101,6 +107,14 @@ class DownloadResult:
     sha256: str
     hmac: str
     path: Path
+
+
+class NewToken(NamedTuple):
+    """A token just made: its id, its secret (shown this once) and its expiry (0: never)."""
+
+    token_id: int
+    secret: str
+    expires_ms: int
 
 
 def _peer_error(event: ev.Error) -> PeerError:
@@ -190,14 +204,35 @@ class ClientSession:
         try:
             self._sock.sendall(data)
         except (OSError, ssl.SSLError) as exc:
-            raise TransportError(f"connection lost while sending: {_reason(exc)}") from exc
+            why = self._alert() or _reason(exc)
+            raise TransportError(f"connection lost while sending: {why}") from exc
+
+    def _alert(self) -> str | None:
+        """The TLS alert the peer sent before it closed, if any: it says more than the
+        write's EOF. (A TLS 1.3 server checks our client certificate after our side of
+        the handshake is done; refusing it, it sends an alert and closes.)"""
+        try:
+            self._sock.settimeout(0.5)
+            self._sock.recv(1)
+        except ssl.SSLError as exc:
+            return _reason(exc) if "ALERT" in str(exc.reason) else None
+        except OSError:
+            return None
+        return None
 
     def _next_event(self) -> ev.Event:
+        closed = False
         while True:
             try:
                 event = self._conn.next_event()
-            except ProtocolError:
+            except ProtocolError as exc:
                 self._write_quietly(self._conn.data_to_send())
+                if closed and type(exc) is RemoteProtocolError:
+                    # Said for people: the server went away mid-request.
+                    message = f"the server closed the connection without answering ({exc})"
+                    raise RemoteProtocolError(
+                        f"{message}: it stopped or failed; its log says why", exc.code
+                    ) from exc
                 raise
             if isinstance(event, ev.Event):
                 return event
@@ -208,6 +243,7 @@ class ClientSession:
                 raise TransportError("the server did not answer in time") from exc
             except (OSError, ssl.SSLError) as exc:
                 raise TransportError(f"connection lost: {_reason(exc)}") from exc
+            closed = not data
             self._conn.receive_data(data)
 
     def _write_quietly(self, data: bytes) -> None:
@@ -253,10 +289,117 @@ class ClientSession:
     def login(self, username: str, password: str) -> str:
         """Log in; raises ``PeerError`` (AUTH_FAILED) for a wrong name or password, or
         (TRY_LATER) when the server still says "not now" after ``retry_for`` seconds."""
-        answer = self._ask(ev.Login(username, password), ev.LoginOk)
+        return self._logged_in(self._ask(ev.Login(username, password), ev.LoginOk))
+
+    def token_login(self, token: str) -> str:
+        """Log in with an API token (``imgshare-token-...``); return the user name.
+        Raises ``PeerError`` (AUTH_FAILED) for an unknown, revoked or expired token."""
+        try:
+            secret = token.strip().encode("ascii")
+        except UnicodeEncodeError:
+            raise ConfigError("a token is ASCII text (imgshare-token-...)") from None
+        return self._logged_in(self._ask(ev.TokenLogin(secret), ev.LoginOk))
+
+    def cert_login(self) -> str:
+        """Log in as the user the TLS client certificate names; return the name.
+        Raises ``PeerError`` (AUTH_FAILED) when no certificate or no such user."""
+        return self._logged_in(self._ask(ev.CertLogin(), ev.LoginOk))
+
+    def _logged_in(self, answer: ev.Event) -> str:
         assert isinstance(answer, ev.LoginOk)
         self.username = answer.username
         return answer.username
+
+    def register(self, username: str, password: str, invitation: str | None = None) -> None:
+        """Make an account (this does not log in). Raises ``PeerError``: FORBIDDEN
+        (registration closed, or the invitation does not hold), ALREADY_EXISTS,
+        INVALID_ARGUMENT (a name or password that breaks the rules), TRY_LATER."""
+        code = (invitation or "").strip().encode("utf-8")
+        self._ask(ev.Register(username, password, code), ev.Ok)
+
+    def change_password(self, old: str, new: str, revoke_other_tokens: bool = False) -> None:
+        """Change the logged-in user's password; with ``revoke_other_tokens`` every
+        token but the one this session logged in with stops working. Raises
+        ``PeerError``: AUTH_FAILED (wrong old password), INVALID_ARGUMENT (a new one
+        that breaks the rules)."""
+        self._ask(ev.Passwd(old, new, revoke_other_tokens), ev.Ok)
+
+    def create_token(self, name: str, expires_ms: int = 0) -> NewToken:
+        """A new API token for the logged-in user, valid until ``expires_ms`` (ms since
+        the epoch; 0: until revoked). The secret is shown only this once. Raises
+        ``PeerError`` (INVALID_ARGUMENT: an empty name, a time already past)."""
+        answer = self._ask(ev.TokenCreate(name, expires_ms), ev.Token)
+        assert isinstance(answer, ev.Token)
+        try:
+            secret = answer.secret.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("the token is not ASCII", ErrorCode.MALFORMED) from None
+        return NewToken(answer.token_id, secret, answer.expires_ms)
+
+    def list_tokens(self) -> list[ev.TokenInfo]:
+        """The logged-in user's tokens, oldest first (expired ones too)."""
+        answer = self._ask(ev.TokenList(), ev.Tokens)
+        assert isinstance(answer, ev.Tokens)
+        return list(answer.tokens)
+
+    def revoke_token(self, token_id: int) -> None:
+        """Revoke one of the user's tokens. Raises ``PeerError`` (NOT_FOUND)."""
+        self._ask(ev.TokenRevoke(token_id), ev.Ok)
+
+    def share(self, image_id: str, username: str, expires_ms: int = 0) -> None:
+        """Let ``username`` fetch one of our images until ``expires_ms`` (ms since the
+        epoch; 0: until unshared). Sharing again replaces the expiry. Raises
+        ``PeerError``: NOT_FOUND (no such image of ours, or no such user),
+        INVALID_ARGUMENT (ourselves, or a time already past)."""
+        self._ask(ev.Share(image_id_bytes(image_id), username, expires_ms), ev.Ok)
+
+    def unshare(self, image_id: str, username: str) -> None:
+        """Stop sharing an image with ``username``. Raises ``PeerError`` (NOT_FOUND:
+        no such share)."""
+        self._ask(ev.Unshare(image_id_bytes(image_id), username), ev.Ok)
+
+    def shares(self, image_id: str) -> list[ev.ShareInfo]:
+        """Who one of our images is shared with (live shares only). Raises
+        ``PeerError`` (NOT_FOUND)."""
+        answer = self._ask(ev.Shares(image_id_bytes(image_id)), ev.ShareList)
+        assert isinstance(answer, ev.ShareList)
+        return list(answer.shares)
+
+    def delete(self, image_id: str) -> None:
+        """Delete one of our images for good: its key, its object, its inbox copy and
+        its shares. Durable once this returns. Raises ``PeerError`` (NOT_FOUND)."""
+        self._ask(ev.Delete(image_id_bytes(image_id)), ev.Ok)
+
+    def list_page(
+        self,
+        scope: ListScope = ListScope.OWN,
+        after: ev.ImageEntry | None = None,
+        limit: int = MAX_PAGE_ENTRIES,
+    ) -> ev.ImagePage:
+        """One page of images, oldest first, after the entry ``after`` (None: from the
+        start): our own, or (``ListScope.SHARED_WITH_ME``) others' shared with us,
+        each with its owner. ``more`` says whether another page follows."""
+        after_ms, after_id = (0, bytes(IMAGE_ID_SIZE)) if after is None else _cursor(after)
+        answer = self._ask(ev.ListPage(scope, after_ms, after_id, limit), ev.ImagePage)
+        assert isinstance(answer, ev.ImagePage)
+        return answer
+
+    def iter_images(
+        self, scope: ListScope = ListScope.OWN, page_size: int = MAX_PAGE_ENTRIES
+    ) -> Iterator[ev.ImageEntry]:
+        """Every image of ``scope``, oldest first, a page at a time (no cap)."""
+        after: ev.ImageEntry | None = None
+        while True:
+            page = self.list_page(scope, after, page_size)
+            for entry in page.images:
+                if after is not None and _cursor(entry) <= _cursor(after):
+                    raise ProtocolError("the server's pages go backwards", ErrorCode.MALFORMED)
+                after = entry
+                yield entry
+            if not page.more:
+                return
+            if not page.images:
+                raise ProtocolError("an empty page with more to come", ErrorCode.MALFORMED)
 
     def upload(
         self,
@@ -318,24 +461,36 @@ class ClientSession:
         )
 
     def download(
-        self, image_id: str, destination: Path, *, overwrite: bool = False
+        self,
+        image_id: str,
+        destination: Path | None = None,
+        *,
+        folder: Path | None = None,
+        overwrite: bool = False,
     ) -> DownloadResult:
-        """Fetch an image, check every chunk and the HMAC, then write ``destination``.
+        """Fetch an image (ours, or one shared with us), check every chunk and the
+        uploader's HMAC, then write ``destination``: by default the name it was sent
+        with (made safe), in ``folder`` (default: the current folder).
 
-        The file appears only complete and verified. Raises ``PeerError`` (NOT_FOUND),
-        ``IntegrityError`` for tampered data, ``ImgshareError`` for local problems.
+        The file appears only complete and verified. Raises ``PeerError`` (NOT_FOUND:
+        no such image, or not shared with us), ``IntegrityError`` for tampered data,
+        ``ConfigError`` for a bad id, ``ImgshareError`` for local problems. When the
+        default destination turns out to exist (and not ``overwrite``), the session is
+        closed: the image is not fetched for nothing.
         """
-        try:
-            raw_id = bytes.fromhex(image_id)
-        except ValueError:
-            raw_id = b""
-        if len(raw_id) != 16:
-            raise ImgshareError(f"{image_id!r} is not an image id (32 hex digits)")
-        if destination.exists() and not overwrite:
+        raw_id = image_id_bytes(image_id)
+        image_id = raw_id.hex()
+        if destination is not None and destination.exists() and not overwrite:
             raise ImgshareError(f"{destination} exists (use --force to overwrite)")
         self._request(ev.Download(raw_id))
         begin = self._answer(ev.DownloadBegin)
         assert isinstance(begin, ev.DownloadBegin)
+        if destination is None:
+            name = safe_filename(begin.header.name, f"{image_id}.img")
+            destination = (folder or Path(".")) / name
+            if destination.exists() and not overwrite:
+                self.close()
+                raise ImgshareError(f"{destination} exists (use --force to overwrite)")
         opener = StreamOpener(begin.header, begin.content_key)
         digest = hashlib.sha256()
         # The store's writer: a temp file beside the destination, renamed over it only
@@ -363,6 +518,7 @@ class ClientSession:
         )
 
     def list_images(self) -> list[ev.ImageEntry]:
+        """Our newest 1,000 images (LIST); ``iter_images`` has them all."""
         self._request(ev.ListImages())
         answer = self._answer(ev.ImageList)
         assert isinstance(answer, ev.ImageList)
@@ -386,6 +542,22 @@ class ClientSession:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _cursor(entry: ev.ImageEntry) -> tuple[int, bytes]:
+    """Where a page that follows ``entry`` starts (the server's order)."""
+    return entry.created_ms, entry.image_id
+
+
+def image_id_bytes(image_id: str) -> bytes:
+    """The 16 bytes of an image id written as 32 hex digits. Raises ``ConfigError``."""
+    try:
+        raw = bytes.fromhex(image_id.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != IMAGE_ID_SIZE:
+        raise ConfigError(f"{image_id!r} is not an image id (32 hex digits)")
+    return raw
 
 
 def clean_name(name: str) -> str:

@@ -307,9 +307,12 @@ class ConnectionHandler:
 
     # -- answers ----------------------------------------------------------------------
 
-    def _fatal(self, conn: ServerConnection, exc: BaseException) -> None:
-        """Report a failure of the session's own work to the peer, fatally."""
-        if isinstance(exc, IntegrityError):
+    def _fatal(self, conn: ServerConnection, exc: BaseException | None) -> None:
+        """Report a failure of the session's own work to the peer, fatally (``None``:
+        a bug, already logged)."""
+        if exc is None:
+            error = ev.Error(ErrorCode.INTERNAL, "internal error in the server", fatal=True)
+        elif isinstance(exc, IntegrityError):
             log.info("integrity failure: %s", exc, extra=fields(peer=self.peer))
             error = ev.Error(ErrorCode.INTEGRITY_FAILED, str(exc), fatal=True)
         else:
@@ -365,6 +368,12 @@ class ConnectionHandler:
             return False
         except TooSlow as exc:  # a download the peer does not read: cut it mid-record
             self._send_timeout(conn, exc, tell=False)
+            return False
+        except (OSError, Woken, _Timeout):
+            raise
+        except Exception:  # a bug: end this connection with a word, never the server
+            log.exception("internal error", extra=fields(peer=self.peer))
+            self._fatal(conn, None)
             return False
         finally:
             self._logging_in = False
