@@ -1,14 +1,15 @@
 """Shared test fixtures."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from imgshare import pki
-from imgshare.store.catalog import SQLiteCatalog
+from imgshare.store.catalog import SQLCatalog, SQLiteCatalog
 
-pytest_plugins = ["services.plugin"]  # real servers for the tests: SeaweedFS (S3)
+# Real servers for the tests: SeaweedFS (S3), PostgreSQL (the shared catalog).
+pytest_plugins = ["services.plugin", "services.postgres"]
 
 # --- certificates from our own generator (foundation issue: imgshare.pki) -------------
 
@@ -37,7 +38,39 @@ def catalog_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def catalog(catalog_path: Path) -> Iterator[SQLiteCatalog]:
-    """A fresh SQLite catalog in ``tmp_path``, closed at teardown."""
-    with SQLiteCatalog(catalog_path) as opened:
-        yield opened
+def catalog_kind(request: pytest.FixtureRequest) -> str:
+    """The database behind ``catalog``: SQLite, unless a module overrides this fixture
+    or a test parametrises it (indirectly) with ``services.postgres.CATALOG_KINDS``."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def catalog_opener(
+    catalog_kind: str, catalog_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], SQLCatalog]]:
+    """Opens catalogs on this test's own database (the SQLite file ``catalog_path``,
+    or a PostgreSQL database of its own), a new catalog object per call, as another
+    process would; all closed at teardown."""
+    open_one: Callable[[], SQLCatalog]
+    if catalog_kind == "postgres":
+        from imgshare.store.postgres import PostgresCatalog
+
+        url = request.getfixturevalue("postgres_url")
+        open_one = lambda: PostgresCatalog(url)  # noqa: E731
+    else:
+        open_one = lambda: SQLiteCatalog(catalog_path)  # noqa: E731
+    opened: list[SQLCatalog] = []
+
+    def opener() -> SQLCatalog:
+        opened.append(open_one())
+        return opened[-1]
+
+    yield opener
+    for each in opened:
+        each.close()
+
+
+@pytest.fixture
+def catalog(catalog_opener: Callable[[], SQLCatalog]) -> SQLCatalog:
+    """A fresh catalog (SQLite in ``tmp_path``; see ``catalog_kind``), closed at teardown."""
+    return catalog_opener()

@@ -1,19 +1,25 @@
 """Who may do what, in the catalog (``imgshare.store.access.AccessTables``): shares,
-paging, tokens, invitations and the audit trail, on a real SQLite catalog."""
+paging, tokens, invitations and the audit trail, on real SQLite and PostgreSQL
+catalogs (every test runs on both)."""
 
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from imgshare.errors import ForbiddenError
 from imgshare.server.credentials import secret_hash
 from imgshare.store.access import InvitationError, ShareRecord, TokenRecord
-from imgshare.store.catalog import ImageRecord, SQLiteCatalog, User, UserExistsError
+from imgshare.store.catalog import ImageRecord, SQLCatalog, User, UserExistsError
+from services.postgres import CATALOG_KINDS
 from store_helpers import make_record
+
+Rows = Callable[[str], list[tuple[Any, ...]]]
 
 NOW = 1_800_000_000_000
 MINUTE = 60_000
@@ -21,40 +27,61 @@ FIRST_PAGE = (0, "0" * 32)
 
 
 @pytest.fixture
-def alice(catalog: SQLiteCatalog) -> User:
+def alice(catalog: SQLCatalog) -> User:
     return catalog.add_user("alice", "$argon2id$fake")
 
 
 @pytest.fixture
-def bob(catalog: SQLiteCatalog) -> User:
+def bob(catalog: SQLCatalog) -> User:
     return catalog.add_user("bob", "$argon2id$fake")
 
 
 @pytest.fixture
-def carol(catalog: SQLiteCatalog) -> User:
+def carol(catalog: SQLCatalog) -> User:
     return catalog.add_user("carol", "$argon2id$fake")
 
 
-def image_of(catalog: SQLiteCatalog, owner: User, created: int = NOW - MINUTE) -> ImageRecord:
+def image_of(catalog: SQLCatalog, owner: User, created: int = NOW - MINUTE) -> ImageRecord:
     record = dataclasses.replace(make_record(owner), created_at=created)
     catalog.add_image(record)
     return record
 
 
-def rows(catalog_path: Path, sql: str) -> list[tuple[object, ...]]:
-    """Read the file directly, as another process would."""
-    db = sqlite3.connect(catalog_path)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
+@pytest.fixture(params=CATALOG_KINDS)
+def catalog_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def rows(catalog_kind: str, catalog_path: Path, request: pytest.FixtureRequest) -> Rows:
+    """Read the test's database directly, on a connection of its own, as another
+    process would."""
+    if catalog_kind == "postgres":
+        import psycopg
+
+        url = request.getfixturevalue("postgres_url")
+
+        def read_postgres(sql: str) -> list[tuple[Any, ...]]:
+            with psycopg.connect(url) as db:
+                return db.execute(sql).fetchall()  # type: ignore[arg-type]
+
+        return read_postgres
+
+    def read_sqlite(sql: str) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(catalog_path)
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
+
+    return read_sqlite
 
 
 # --- shares --------------------------------------------------------------------------
 
 
 def test_a_share_is_listed_by_user_name(
-    catalog: SQLiteCatalog, alice: User, bob: User, carol: User
+    catalog: SQLCatalog, alice: User, bob: User, carol: User
 ) -> None:
     image = image_of(catalog, alice)
     catalog.share_image(image.id, carol.id, NOW, 0)
@@ -66,14 +93,16 @@ def test_a_share_is_listed_by_user_name(
     assert catalog.shares_of(make_record(alice).id, NOW) == []  # no such image
 
 
-def test_sharing_again_replaces_the_expiry(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+def test_sharing_again_replaces_the_expiry(catalog: SQLCatalog, alice: User, bob: User) -> None:
     image = image_of(catalog, alice)
     catalog.share_image(image.id, bob.id, NOW, NOW + MINUTE)
     catalog.share_image(image.id, bob.id, NOW + 5, 0)
     assert catalog.shares_of(image.id, NOW + 2 * MINUTE) == [ShareRecord("bob", NOW + 5, 0)]
 
 
-def test_an_expired_share_stops_at_once(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+def test_an_expired_share_stops_at_once(
+    catalog: SQLCatalog, alice: User, bob: User, rows: Rows
+) -> None:
     image = image_of(catalog, alice)
     expiry = NOW + MINUTE
     catalog.share_image(image.id, bob.id, NOW, expiry)
@@ -84,11 +113,11 @@ def test_an_expired_share_stops_at_once(catalog: SQLiteCatalog, alice: User, bob
     assert catalog.shares_of(image.id, expiry) == []
     page, more = catalog.list_page(bob.id, shared=True, after=FIRST_PAGE, limit=10, now=expiry)
     assert (page, more) == ([], False)
-    assert len(rows(catalog.path, "SELECT * FROM shares")) == 1  # still there, not used
+    assert len(rows("SELECT * FROM shares")) == 1  # still there, not used
 
 
 def test_unshare_says_whether_there_was_a_share(
-    catalog: SQLiteCatalog, alice: User, bob: User, carol: User
+    catalog: SQLCatalog, alice: User, bob: User, carol: User
 ) -> None:
     image = image_of(catalog, alice)
     catalog.share_image(image.id, bob.id, NOW, 0)
@@ -100,7 +129,7 @@ def test_unshare_says_whether_there_was_a_share(
 
 
 def test_readable_image_owner_shared_other_and_missing(
-    catalog: SQLiteCatalog, alice: User, bob: User, carol: User
+    catalog: SQLCatalog, alice: User, bob: User, carol: User
 ) -> None:
     image = image_of(catalog, alice)
     catalog.share_image(image.id, bob.id, NOW, 0)
@@ -111,7 +140,7 @@ def test_readable_image_owner_shared_other_and_missing(
 
 
 def test_a_share_does_not_make_the_recipients_images_readable(
-    catalog: SQLiteCatalog, alice: User, bob: User
+    catalog: SQLCatalog, alice: User, bob: User
 ) -> None:
     alices = image_of(catalog, alice)
     bobs = image_of(catalog, bob)
@@ -123,7 +152,7 @@ def test_a_share_does_not_make_the_recipients_images_readable(
 
 
 def test_a_page_of_ones_own_images_is_oldest_first_and_pages_on(
-    catalog: SQLiteCatalog, alice: User, bob: User
+    catalog: SQLCatalog, alice: User, bob: User
 ) -> None:
     made = [image_of(catalog, alice, created=NOW - 10 * MINUTE + i) for i in range(5)]
     # Two more at one and the same time: the id breaks the tie.
@@ -146,7 +175,7 @@ def test_a_page_of_ones_own_images_is_oldest_first_and_pages_on(
     assert pages == [(3, True), (3, True), (1, False)]
 
 
-def test_a_page_that_ends_exactly_says_no_more(catalog: SQLiteCatalog, alice: User) -> None:
+def test_a_page_that_ends_exactly_says_no_more(catalog: SQLCatalog, alice: User) -> None:
     made = [image_of(catalog, alice, created=NOW + i) for i in range(2)]
     page, more = catalog.list_page(alice.id, shared=False, after=FIRST_PAGE, limit=2, now=NOW)
     assert [record for record, _ in page] == made and more is False
@@ -155,7 +184,7 @@ def test_a_page_that_ends_exactly_says_no_more(catalog: SQLiteCatalog, alice: Us
 
 
 def test_the_shared_scope_shows_others_images_with_their_owners(
-    catalog: SQLiteCatalog, alice: User, bob: User, carol: User
+    catalog: SQLCatalog, alice: User, bob: User, carol: User
 ) -> None:
     from_alice = image_of(catalog, alice, created=NOW - 3)
     from_carol = image_of(catalog, carol, created=NOW - 2)
@@ -184,7 +213,7 @@ def test_the_shared_scope_shows_others_images_with_their_owners(
 
 
 def test_expire_shares_returns_and_removes_only_expired_ones(
-    catalog: SQLiteCatalog, alice: User, bob: User, carol: User
+    catalog: SQLCatalog, alice: User, bob: User, carol: User, rows: Rows
 ) -> None:
     image = image_of(catalog, alice)
     other = image_of(catalog, carol)
@@ -193,7 +222,7 @@ def test_expire_shares_returns_and_removes_only_expired_ones(
     catalog.share_image(other.id, bob.id, NOW, NOW + MINUTE)  # later
     assert catalog.expire_shares(NOW) == [(image.id, "alice", "bob")]
     assert catalog.expire_shares(NOW) == []
-    remaining = rows(catalog.path, "SELECT image_id, user_id FROM shares ORDER BY user_id")
+    remaining = rows("SELECT image_id, user_id FROM shares ORDER BY user_id")
     assert sorted(remaining) == sorted([(image.id, carol.id), (other.id, bob.id)])
     assert catalog.expire_shares(NOW + MINUTE) == [(other.id, "carol", "bob")]
 
@@ -201,7 +230,9 @@ def test_expire_shares_returns_and_removes_only_expired_ones(
 # --- tokens --------------------------------------------------------------------------
 
 
-def test_a_token_logs_in_by_its_hash(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+def test_a_token_logs_in_by_its_hash(
+    catalog: SQLCatalog, alice: User, bob: User, rows: Rows
+) -> None:
     record = catalog.add_token(alice.id, "laptop", secret_hash(b"secret one"), NOW, 0)
     assert record == TokenRecord(record.id, alice.id, "laptop", NOW, 0, 0)
     catalog.add_token(bob.id, "phone", secret_hash(b"secret two"), NOW, 0)
@@ -210,11 +241,11 @@ def test_a_token_logs_in_by_its_hash(catalog: SQLiteCatalog, alice: User, bob: U
     assert found is not None and found[0] == bob
     assert catalog.token_owner(secret_hash(b"secret three"), NOW) is None
     assert catalog.token_owner(b"secret one".ljust(32, b"\0"), NOW) is None  # not the hash
-    stored = rows(catalog.path, "SELECT secret_hash FROM tokens ORDER BY id")
+    stored = rows("SELECT secret_hash FROM tokens ORDER BY id")
     assert stored == [(secret_hash(b"secret one"),), (secret_hash(b"secret two"),)]
 
 
-def test_an_expired_token_is_refused(catalog: SQLiteCatalog, alice: User) -> None:
+def test_an_expired_token_is_refused(catalog: SQLCatalog, alice: User) -> None:
     record = catalog.add_token(alice.id, "t", secret_hash(b"s"), NOW, NOW + MINUTE)
     assert catalog.token_owner(secret_hash(b"s"), NOW + MINUTE - 1) is not None
     assert catalog.token_alive(record.id, NOW + MINUTE - 1)
@@ -224,7 +255,7 @@ def test_an_expired_token_is_refused(catalog: SQLiteCatalog, alice: User) -> Non
     assert [t.id for t in catalog.list_tokens(alice.id)] == [record.id]
 
 
-def test_a_token_without_expiry_lives_until_revoked(catalog: SQLiteCatalog, alice: User) -> None:
+def test_a_token_without_expiry_lives_until_revoked(catalog: SQLCatalog, alice: User) -> None:
     record = catalog.add_token(alice.id, "t", secret_hash(b"s"), NOW, 0)
     far = NOW + 100 * 365 * 86_400_000
     assert catalog.token_owner(secret_hash(b"s"), far) is not None
@@ -236,15 +267,13 @@ def test_a_token_without_expiry_lives_until_revoked(catalog: SQLiteCatalog, alic
     assert catalog.revoke_token(alice.id, record.id) is None  # once
 
 
-def test_one_cannot_revoke_anothers_token(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+def test_one_cannot_revoke_anothers_token(catalog: SQLCatalog, alice: User, bob: User) -> None:
     record = catalog.add_token(alice.id, "t", secret_hash(b"s"), NOW, 0)
     assert catalog.revoke_token(bob.id, record.id) is None
     assert catalog.token_alive(record.id, NOW)
 
 
-def test_list_tokens_is_per_user_oldest_first(
-    catalog: SQLiteCatalog, alice: User, bob: User
-) -> None:
+def test_list_tokens_is_per_user_oldest_first(catalog: SQLCatalog, alice: User, bob: User) -> None:
     first = catalog.add_token(alice.id, "one", secret_hash(b"1"), NOW, 0)
     catalog.add_token(bob.id, "bobs", secret_hash(b"2"), NOW, 0)
     second = catalog.add_token(alice.id, "two", secret_hash(b"3"), NOW + 1, NOW + MINUTE)
@@ -252,7 +281,7 @@ def test_list_tokens_is_per_user_oldest_first(
     assert catalog.list_tokens(12345) == []
 
 
-def test_revoke_tokens_keeps_the_one_asked(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+def test_revoke_tokens_keeps_the_one_asked(catalog: SQLCatalog, alice: User, bob: User) -> None:
     tokens = [
         catalog.add_token(alice.id, f"t{i}", secret_hash(b"%d" % i), NOW, 0) for i in range(3)
     ]
@@ -265,7 +294,7 @@ def test_revoke_tokens_keeps_the_one_asked(catalog: SQLiteCatalog, alice: User, 
     assert catalog.revoke_tokens(alice.id) == 0
 
 
-def test_last_use_is_written_at_most_once_a_minute(catalog: SQLiteCatalog, alice: User) -> None:
+def test_last_use_is_written_at_most_once_a_minute(catalog: SQLCatalog, alice: User) -> None:
     catalog.add_token(alice.id, "t", secret_hash(b"s"), NOW, 0)
 
     def last_used() -> int:
@@ -284,18 +313,18 @@ def test_last_use_is_written_at_most_once_a_minute(catalog: SQLiteCatalog, alice
 # --- invitations ---------------------------------------------------------------------
 
 
-def test_an_invitation_adds_one_user_once(catalog: SQLiteCatalog) -> None:
+def test_an_invitation_adds_one_user_once(catalog: SQLCatalog, rows: Rows) -> None:
     code = secret_hash(b"imgshare-invite-abc")
     catalog.add_invitation(code, NOW, NOW + MINUTE)
     dave = catalog.add_user("dave", "$argon2id$fake", NOW + 1, invitation=code)
-    assert rows(catalog.path, "SELECT used_by, used_ms FROM invitations") == [(dave.id, NOW + 1)]
+    assert rows("SELECT used_by, used_ms FROM invitations") == [(dave.id, NOW + 1)]
     with pytest.raises(InvitationError):
         catalog.add_user("erin", "$argon2id$fake", NOW + 2, invitation=code)
     assert catalog.get_user_by_name("erin") is None  # the failed invitation left no user
     assert [u.name for u in catalog.list_users()] == ["dave"]
 
 
-def test_an_expired_or_unknown_invitation_adds_nobody(catalog: SQLiteCatalog) -> None:
+def test_an_expired_or_unknown_invitation_adds_nobody(catalog: SQLCatalog, rows: Rows) -> None:
     code = secret_hash(b"imgshare-invite-old")
     catalog.add_invitation(code, NOW, NOW + MINUTE)
     with pytest.raises(InvitationError) as expired:
@@ -305,27 +334,31 @@ def test_an_expired_or_unknown_invitation_adds_nobody(catalog: SQLiteCatalog) ->
     assert str(expired.value) == str(unknown.value)  # one answer for all
     assert isinstance(expired.value, ForbiddenError)
     assert catalog.list_users() == []
-    assert rows(catalog.path, "SELECT used_by, used_ms FROM invitations") == [(None, None)]
+    assert rows("SELECT used_by, used_ms FROM invitations") == [(None, None)]
     # The invitation that merely expired was not used up by the attempts.
     catalog.add_invitation(secret_hash(b"fresh"), NOW, NOW + MINUTE)
     assert catalog.add_user("dave", "h", NOW, invitation=secret_hash(b"fresh")).name == "dave"
 
 
-def test_a_taken_name_does_not_use_up_the_invitation(catalog: SQLiteCatalog, alice: User) -> None:
+def test_a_taken_name_does_not_use_up_the_invitation(
+    catalog: SQLCatalog, alice: User, rows: Rows
+) -> None:
     code = secret_hash(b"imgshare-invite-x")
     catalog.add_invitation(code, NOW, NOW + MINUTE)
     with pytest.raises(UserExistsError):
         catalog.add_user("alice", "$argon2id$fake", NOW, invitation=code)
-    assert rows(catalog.path, "SELECT used_by FROM invitations") == [(None,)]
+    assert rows("SELECT used_by FROM invitations") == [(None,)]
     assert catalog.add_user("dave", "$argon2id$fake", NOW, invitation=code).name == "dave"
 
 
-def test_removing_the_invited_user_keeps_the_invitation_used(catalog: SQLiteCatalog) -> None:
+def test_removing_the_invited_user_keeps_the_invitation_used(
+    catalog: SQLCatalog, rows: Rows
+) -> None:
     code = secret_hash(b"imgshare-invite-y")
     catalog.add_invitation(code, NOW, NOW + MINUTE)
     catalog.add_user("dave", "$argon2id$fake", NOW, invitation=code)
     catalog.remove_user("dave")
-    assert rows(catalog.path, "SELECT used_by, used_ms FROM invitations") == [(None, NOW)]
+    assert rows("SELECT used_by, used_ms FROM invitations") == [(None, NOW)]
     with pytest.raises(InvitationError):
         catalog.add_user("dave", "$argon2id$fake", NOW, invitation=code)
 
@@ -333,7 +366,7 @@ def test_removing_the_invited_user_keeps_the_invitation_used(catalog: SQLiteCata
 # --- the audit trail -----------------------------------------------------------------
 
 
-def test_audit_events_round_trip_oldest_first(catalog: SQLiteCatalog) -> None:
+def test_audit_events_round_trip_oldest_first(catalog: SQLCatalog) -> None:
     catalog.audit("login", "alice", "192.0.2.0/24", NOW, method="password")
     catalog.audit("login_failed", "bob", "2001:db8::/64", NOW + 1, method="token")
     catalog.audit("invitation_created", None, None, NOW + 2, expires_ms=NOW + MINUTE)
@@ -346,7 +379,7 @@ def test_audit_events_round_trip_oldest_first(catalog: SQLiteCatalog) -> None:
     assert events[0].id < events[1].id < events[2].id
 
 
-def test_audit_events_filter_and_keep_the_newest(catalog: SQLiteCatalog) -> None:
+def test_audit_events_filter_and_keep_the_newest(catalog: SQLCatalog) -> None:
     for i in range(5):
         catalog.audit("login", "alice", None, NOW + i, n=i)
         catalog.audit("login_failed", "alice" if i % 2 else "bob", None, NOW + i, n=i)
@@ -362,13 +395,13 @@ def test_audit_events_filter_and_keep_the_newest(catalog: SQLiteCatalog) -> None
     assert len(catalog.audit_events()) == 10
 
 
-def test_a_name_with_control_characters_is_kept_as_given(catalog: SQLiteCatalog) -> None:
+def test_a_name_with_control_characters_is_kept_as_given(catalog: SQLCatalog) -> None:
     catalog.audit("login_failed", "eve\nlogin alice", None, NOW)
     (event,) = catalog.audit_events(user_name="eve\nlogin alice")
     assert event.user_name == "eve\nlogin alice"
 
 
-def test_count_events_by_kind_network_and_time(catalog: SQLiteCatalog) -> None:
+def test_count_events_by_kind_network_and_time(catalog: SQLCatalog) -> None:
     for time in (NOW - 2 * MINUTE, NOW - MINUTE, NOW):
         catalog.audit("registered", "x", "192.0.2.0/24", time)
     catalog.audit("registered", "y", "198.51.100.0/24", NOW)
@@ -382,32 +415,34 @@ def test_count_events_by_kind_network_and_time(catalog: SQLiteCatalog) -> None:
 # --- what goes with an image or a user -------------------------------------------------
 
 
-def test_deleting_an_image_takes_its_shares(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+def test_deleting_an_image_takes_its_shares(
+    catalog: SQLCatalog, alice: User, bob: User, rows: Rows
+) -> None:
     image = image_of(catalog, alice)
     kept = image_of(catalog, alice)
     catalog.share_image(image.id, bob.id, NOW, 0)
     catalog.share_image(kept.id, bob.id, NOW, 0)
     assert catalog.delete_image(image.id) is not None
-    assert rows(catalog.path, "SELECT image_id FROM shares") == [(kept.id,)]
+    assert rows("SELECT image_id FROM shares") == [(kept.id,)]
     assert catalog.readable_image(image.id, bob.id, NOW) is None
 
 
 def test_removing_a_recipient_takes_their_shares_and_tokens(
-    catalog: SQLiteCatalog, alice: User, bob: User
+    catalog: SQLCatalog, alice: User, bob: User, rows: Rows
 ) -> None:
     image = image_of(catalog, alice)
     catalog.share_image(image.id, bob.id, NOW, 0)
     token = catalog.add_token(bob.id, "t", secret_hash(b"s"), NOW, 0)
     catalog.add_token(alice.id, "t", secret_hash(b"a"), NOW, 0)
     catalog.remove_user("bob")
-    assert rows(catalog.path, "SELECT * FROM shares") == []
-    assert rows(catalog.path, "SELECT user_id FROM tokens") == [(alice.id,)]
+    assert rows("SELECT * FROM shares") == []
+    assert rows("SELECT user_id FROM tokens") == [(alice.id,)]
     assert catalog.token_owner(secret_hash(b"s"), NOW) is None
     assert not catalog.token_alive(token.id, NOW)
 
 
 def test_purging_an_owner_takes_the_shares_of_their_images(
-    catalog: SQLiteCatalog, alice: User, bob: User
+    catalog: SQLCatalog, alice: User, bob: User, rows: Rows
 ) -> None:
     image = image_of(catalog, alice)
     bobs = image_of(catalog, bob)
@@ -415,6 +450,6 @@ def test_purging_an_owner_takes_the_shares_of_their_images(
     catalog.share_image(bobs.id, alice.id, NOW, 0)
     removed = catalog.remove_user("alice", purge=True)
     assert [d.image_id for d in removed] == [image.id]
-    assert rows(catalog.path, "SELECT * FROM shares") == []
+    assert rows("SELECT * FROM shares") == []
     page, _ = catalog.list_page(bob.id, shared=True, after=FIRST_PAGE, limit=10, now=NOW)
     assert page == []

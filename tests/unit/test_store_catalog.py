@@ -1,4 +1,5 @@
-"""SQLite catalog: schema, round trips, deletion that shreds, concurrency, errors."""
+"""The catalog: schema, round trips, deletion, concurrency, errors; on SQLite and on
+PostgreSQL alike (``catalog`` is both), and what only SQLite has (its file)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import secrets
 import sqlite3
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,12 +18,22 @@ from imgshare.errors import ConfigError, QuotaError, StorageError, TryLaterError
 from imgshare.store.catalog import (
     SCHEMA_VERSION,
     DeletedImage,
+    SQLCatalog,
     SQLiteCatalog,
     User,
     UserExistsError,
     now_ms,
 )
+from services.postgres import CATALOG_KINDS
 from store_helpers import make_record
+
+Opener = Callable[[], SQLCatalog]
+
+
+@pytest.fixture(params=CATALOG_KINDS)
+def catalog_kind(request: pytest.FixtureRequest) -> str:
+    """Every test of this module that takes a catalog runs on SQLite and PostgreSQL."""
+    return str(request.param)
 
 
 def test_new_catalog_settings(tmp_path: Path) -> None:
@@ -37,13 +49,12 @@ def test_new_catalog_settings(tmp_path: Path) -> None:
         db.close()
 
 
-def test_reopen_keeps_data(tmp_path: Path) -> None:
-    path = tmp_path / "catalog.sqlite"
-    with SQLiteCatalog(path) as first:
+def test_reopen_keeps_data(catalog_opener: Opener) -> None:
+    with catalog_opener() as first:
         alice = first.add_user("alice", "$argon2id$fake")
         record = make_record(alice)
         first.add_image(record)
-    with SQLiteCatalog(path) as second:
+    with catalog_opener() as second:
         assert second.get_user_by_name("alice") == alice
         assert second.get_image(record.id) == record
 
@@ -65,7 +76,7 @@ def test_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
     assert isinstance(info.value.__cause__, sqlite3.Error)
 
 
-def test_users_round_trip(catalog: SQLiteCatalog) -> None:
+def test_users_round_trip(catalog: SQLCatalog) -> None:
     bob = catalog.add_user("bob", "hash-b", created_at=5)
     alice = catalog.add_user("alice", "hash-a")
     assert bob == User(bob.id, "bob", "hash-b", 5)
@@ -76,12 +87,12 @@ def test_users_round_trip(catalog: SQLiteCatalog) -> None:
     assert catalog.get_user_by_name("alice") == dataclasses.replace(alice, password_hash="hash-a2")
 
 
-def test_user_repr_hides_the_hash(catalog: SQLiteCatalog) -> None:
+def test_user_repr_hides_the_hash(catalog: SQLCatalog) -> None:
     user = catalog.add_user("alice", "$argon2id$secret-hash")
     assert "secret-hash" not in repr(user)
 
 
-def test_duplicate_user_is_a_clear_error(catalog: SQLiteCatalog) -> None:
+def test_duplicate_user_is_a_clear_error(catalog: SQLCatalog) -> None:
     catalog.add_user("alice", "h")
     with pytest.raises(UserExistsError, match="'alice' already exists") as info:
         catalog.add_user("alice", "h2")
@@ -89,7 +100,7 @@ def test_duplicate_user_is_a_clear_error(catalog: SQLiteCatalog) -> None:
     assert [u.password_hash for u in catalog.list_users()] == ["h"]
 
 
-def test_images_round_trip(catalog: SQLiteCatalog) -> None:
+def test_images_round_trip(catalog: SQLCatalog) -> None:
     alice = catalog.add_user("alice", "h")
     bob = catalog.add_user("bob", "h")
     first = make_record(alice, size=100)
@@ -120,7 +131,7 @@ def test_record_fields_are_checked() -> None:
             dataclasses.replace(good, **change)
 
 
-def test_bad_image_inserts_are_storage_errors(catalog: SQLiteCatalog) -> None:
+def test_bad_image_inserts_are_storage_errors(catalog: SQLCatalog) -> None:
     alice = catalog.add_user("alice", "h")
     record = make_record(alice)
     catalog.add_image(record)
@@ -131,7 +142,7 @@ def test_bad_image_inserts_are_storage_errors(catalog: SQLiteCatalog) -> None:
     assert catalog.list_images(alice.id) == [record]  # the failed inserts rolled back
 
 
-def test_delete_image_returns_what_to_remove(catalog: SQLiteCatalog) -> None:
+def test_delete_image_returns_what_to_remove(catalog: SQLCatalog) -> None:
     alice = catalog.add_user("alice", "h")
     record = make_record(alice)
     catalog.add_image(record)
@@ -159,7 +170,7 @@ def test_deleted_wrapped_key_is_gone_from_every_file(tmp_path: Path) -> None:
         assert records[0].wrapped_key in on_disk()
 
 
-def test_remove_user_refuses_while_they_own_images(catalog: SQLiteCatalog) -> None:
+def test_remove_user_refuses_while_they_own_images(catalog: SQLCatalog) -> None:
     alice = catalog.add_user("alice", "h")
     records = [make_record(alice), make_record(alice, inbox=False)]
     for record in records:
@@ -175,22 +186,22 @@ def test_remove_user_refuses_while_they_own_images(catalog: SQLiteCatalog) -> No
     assert catalog.image_ids() == set()
 
 
-def test_remove_user_without_images_and_unknown_user(catalog: SQLiteCatalog) -> None:
+def test_remove_user_without_images_and_unknown_user(catalog: SQLCatalog) -> None:
     catalog.add_user("bob", "h")
     assert catalog.remove_user("bob") == []
     with pytest.raises(ConfigError, match="no user named 'bob'"):
         catalog.remove_user("bob")
 
 
-def test_closed_catalog_raises_storage_error(tmp_path: Path) -> None:
-    catalog = SQLiteCatalog(tmp_path / "catalog.sqlite")
+def test_closed_catalog_raises_storage_error(catalog_opener: Opener) -> None:
+    catalog = catalog_opener()
     catalog.close()
     catalog.close()  # idempotent
     with pytest.raises(StorageError):
         catalog.list_users()
 
 
-def test_eight_threads_write_and_read_at_once(catalog: SQLiteCatalog) -> None:
+def test_eight_threads_write_and_read_at_once(catalog: SQLCatalog) -> None:
     owners = [catalog.add_user(f"user{i}", "h") for i in range(8)]
     barrier = threading.Barrier(8)
     errors: list[BaseException] = []
@@ -232,19 +243,19 @@ LATER = 10**15  # a lease that does not lapse during a test (unix ms)
 
 
 @pytest.fixture
-def alice(catalog: SQLiteCatalog) -> User:
+def alice(catalog: SQLCatalog) -> User:
     user = catalog.add_user("alice", "$argon2id$fake")
     catalog.add_image(make_record(user, size=STORED))
     return user
 
 
 @pytest.fixture
-def bob(catalog: SQLiteCatalog) -> User:
+def bob(catalog: SQLCatalog) -> User:
     return catalog.add_user("bob", "$argon2id$fake")
 
 
 def reserve(
-    catalog: SQLiteCatalog,
+    catalog: SQLCatalog,
     user: User,
     size: int,
     *,
@@ -258,7 +269,7 @@ def reserve(
     )
 
 
-def test_per_user_places_say_try_later(catalog: SQLiteCatalog, alice: User) -> None:
+def test_per_user_places_say_try_later(catalog: SQLCatalog, alice: User) -> None:
     held = [reserve(catalog, alice, 10, per_user=2) for _ in range(2)]
     assert held[0] != held[1]
     assert catalog.uploads_in_flight(alice.id) == 2
@@ -271,7 +282,7 @@ def test_per_user_places_say_try_later(catalog: SQLiteCatalog, alice: User) -> N
     reserve(catalog, alice, 10, per_user=2)
 
 
-def test_two_users_do_not_share_places(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+def test_two_users_do_not_share_places(catalog: SQLCatalog, alice: User, bob: User) -> None:
     reserve(catalog, alice, 10, per_user=1)
     with pytest.raises(TryLaterError):
         reserve(catalog, alice, 10, per_user=1)
@@ -283,7 +294,7 @@ def test_two_users_do_not_share_places(catalog: SQLiteCatalog, alice: User, bob:
         reserve(catalog, alice, 10, per_user=1)
 
 
-def test_quota_counts_stored_and_in_flight_bytes(catalog: SQLiteCatalog, alice: User) -> None:
+def test_quota_counts_stored_and_in_flight_bytes(catalog: SQLCatalog, alice: User) -> None:
     assert catalog.used_bytes(alice.id) == STORED
     first = reserve(catalog, alice, 300, quota=1000)  # 600 stored + 300 arriving
     with pytest.raises(QuotaError, match="quota of 1000 bytes") as refused:
@@ -299,7 +310,7 @@ def test_quota_counts_stored_and_in_flight_bytes(catalog: SQLiteCatalog, alice: 
     assert catalog.uploads_in_flight(alice.id) == 1
 
 
-def test_quota_is_per_user(catalog: SQLiteCatalog, alice: User, bob: User) -> None:
+def test_quota_is_per_user(catalog: SQLCatalog, alice: User, bob: User) -> None:
     reserve(catalog, alice, 400, quota=1000)  # alice is full: 600 + 400
     reserve(catalog, bob, 1000, quota=1000)  # bob has nothing stored
     with pytest.raises(QuotaError):
@@ -308,14 +319,14 @@ def test_quota_is_per_user(catalog: SQLiteCatalog, alice: User, bob: User) -> No
         reserve(catalog, bob, 1, quota=1000)
 
 
-def test_zero_quota_means_no_quota(catalog: SQLiteCatalog, alice: User) -> None:
+def test_zero_quota_means_no_quota(catalog: SQLCatalog, alice: User) -> None:
     for _ in range(3):
         reserve(catalog, alice, 10**15, quota=0)
     assert catalog.uploads_in_flight(alice.id) == 3
 
 
 def test_the_row_takes_over_from_the_reservation_in_one_commit(
-    catalog: SQLiteCatalog, alice: User
+    catalog: SQLCatalog, alice: User
 ) -> None:
     reservation = reserve(catalog, alice, 400, quota=1000)
     catalog.add_image(make_record(alice, size=400), reservation=reservation)
@@ -326,7 +337,7 @@ def test_the_row_takes_over_from_the_reservation_in_one_commit(
     reserve(catalog, alice, 0, quota=1000)  # an empty reservation still fits
 
 
-def test_a_failed_row_keeps_its_reservation(catalog: SQLiteCatalog, alice: User) -> None:
+def test_a_failed_row_keeps_its_reservation(catalog: SQLCatalog, alice: User) -> None:
     reservation = reserve(catalog, alice, 10)
     duplicate = catalog.list_images(alice.id)[0]
     with pytest.raises(StorageError, match="UNIQUE"):
@@ -337,7 +348,7 @@ def test_a_failed_row_keeps_its_reservation(catalog: SQLiteCatalog, alice: User)
     assert catalog.uploads_in_flight(alice.id) == 0
 
 
-def test_a_lapsed_reservation_no_longer_counts(catalog: SQLiteCatalog, alice: User) -> None:
+def test_a_lapsed_reservation_no_longer_counts(catalog: SQLCatalog, alice: User) -> None:
     reserve(catalog, alice, 400, quota=1000, per_user=1, expires=now_ms() - 1)
     assert catalog.uploads_in_flight(alice.id) == 0
     # Neither its place nor its bytes are held any more.
@@ -346,7 +357,7 @@ def test_a_lapsed_reservation_no_longer_counts(catalog: SQLiteCatalog, alice: Us
 
 
 def test_renew_and_drop_touch_only_their_holder(
-    catalog: SQLiteCatalog, alice: User, bob: User
+    catalog: SQLCatalog, alice: User, bob: User
 ) -> None:
     soon = now_ms() + 60_000
     for user in (alice, alice, bob):
@@ -362,7 +373,7 @@ def test_renew_and_drop_touch_only_their_holder(
 
 
 def test_renewing_brings_back_a_lapsed_reservation_not_yet_dropped(
-    catalog: SQLiteCatalog, alice: User
+    catalog: SQLCatalog, alice: User
 ) -> None:
     reserve(catalog, alice, 10, expires=now_ms() - 1)
     assert catalog.uploads_in_flight(alice.id) == 0
@@ -370,16 +381,15 @@ def test_renewing_brings_back_a_lapsed_reservation_not_yet_dropped(
     assert catalog.uploads_in_flight(alice.id) == 1
 
 
-def test_removing_a_user_drops_their_reservations(catalog: SQLiteCatalog, bob: User) -> None:
+def test_removing_a_user_drops_their_reservations(catalog: SQLCatalog, bob: User) -> None:
     reserve(catalog, bob, 10)
     assert catalog.remove_user("bob") == []
     assert catalog.drop_reservations("host:1") == 0  # nothing of bob's was left
 
 
-def test_reservations_hold_across_catalog_objects(tmp_path: Path) -> None:
-    """Two processes' catalogs on one file cannot overshoot a place limit together."""
-    path = tmp_path / "catalog.sqlite"
-    with SQLiteCatalog(path) as one, SQLiteCatalog(path) as two:
+def test_reservations_hold_across_catalog_objects(catalog_opener: Opener) -> None:
+    """Two processes' catalogs on one database cannot overshoot a place limit together."""
+    with catalog_opener() as one, catalog_opener() as two:
         user = one.add_user("alice", "h")
         one.reserve_upload(user.id, 10, quota=0, per_user=1, holder="a:1", expires=LATER)
         with pytest.raises(TryLaterError):
@@ -387,7 +397,7 @@ def test_reservations_hold_across_catalog_objects(tmp_path: Path) -> None:
         assert two.uploads_in_flight(user.id) == 1
 
 
-def test_many_threads_never_overshoot_the_places(catalog: SQLiteCatalog, alice: User) -> None:
+def test_many_threads_never_overshoot_the_places(catalog: SQLCatalog, alice: User) -> None:
     barrier = threading.Barrier(8)
     held: list[int] = []
     refused: list[TryLaterError] = []

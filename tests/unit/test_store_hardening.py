@@ -1,7 +1,8 @@
-"""Store hardening: user ids never reused (also across the schema 1 -> 2 migration),
-no symlink followed inside a store, folders made again on commit, scratch files.
+"""Store hardening: user ids never reused (on SQLite and PostgreSQL, and across
+SQLite's schema 1 -> 2 migration), no symlink followed inside a store, folders made
+again on commit, scratch files.
 
-Real SQLite files and real symlinks; nothing is mocked.
+Real SQLite files, a real PostgreSQL and real symlinks; nothing is mocked.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import secrets
 import shutil
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,14 +23,23 @@ from imgshare.store.catalog import (
     _MIGRATIONS,
     SCHEMA_VERSION,
     ImageRecord,
+    SQLCatalog,
     SQLiteCatalog,
     User,
     now_ms,
 )
 from imgshare.store.copies import Inbox, inbox_filename
+from services.postgres import CATALOG_KINDS
 from store_helpers import make_record
 
 HASH = "$argon2id$fake"
+
+
+@pytest.fixture(params=CATALOG_KINDS)
+def catalog_kind(request: pytest.FixtureRequest) -> str:
+    """The tests that take a catalog run on SQLite and PostgreSQL; the migration tests
+    below are SQLite's own (a PostgreSQL catalog starts at the current version)."""
+    return str(request.param)
 
 
 def user_version(path: Path) -> int:
@@ -42,7 +53,7 @@ def user_version(path: Path) -> int:
 # --- user ids --------------------------------------------------------------------------
 
 
-def test_user_ids_are_never_reused(catalog: SQLiteCatalog) -> None:
+def test_user_ids_are_never_reused(catalog: SQLCatalog) -> None:
     a = catalog.add_user("a", HASH)
     b = catalog.add_user("b", HASH)
     assert b.id > a.id
@@ -55,18 +66,20 @@ def test_user_ids_are_never_reused(catalog: SQLiteCatalog) -> None:
     assert d.id > c.id
 
 
-def test_user_ids_are_never_reused_after_reopening(catalog_path: Path) -> None:
-    with SQLiteCatalog(catalog_path) as first:
+def test_user_ids_are_never_reused_after_reopening(
+    catalog_opener: Callable[[], SQLCatalog],
+) -> None:
+    with catalog_opener() as first:
         first.add_user("a", HASH)
         highest = first.add_user("b", HASH)
         first.remove_user("b")  # the highest id
-    with SQLiteCatalog(catalog_path) as reopened:
+    with catalog_opener() as reopened:
         again = reopened.add_user("b", HASH)  # the same name, even
         assert again.id > highest.id
         assert reopened.get_user(highest.id) is None
 
 
-def test_get_user(catalog: SQLiteCatalog) -> None:
+def test_get_user(catalog: SQLCatalog) -> None:
     alice = catalog.add_user("alice", HASH, created_at=1_700_000_000_123)
     bob = catalog.add_user("bob", "$argon2id$other")
     assert catalog.get_user(alice.id) == alice
@@ -80,7 +93,7 @@ def test_get_user(catalog: SQLiteCatalog) -> None:
     assert catalog.get_user(bob.id) == bob
 
 
-def test_existing_user_ids(catalog: SQLiteCatalog) -> None:
+def test_existing_user_ids(catalog: SQLCatalog) -> None:
     users = [catalog.add_user(f"user{i}", HASH) for i in range(5)]
     catalog.remove_user("user1")
     catalog.remove_user("user3")
@@ -92,7 +105,7 @@ def test_existing_user_ids(catalog: SQLiteCatalog) -> None:
     assert catalog.existing_user_ids({ids[2]}) == {ids[2]}
 
 
-def test_existing_user_ids_with_more_ids_than_sqlite_variables(catalog: SQLiteCatalog) -> None:
+def test_existing_user_ids_with_more_ids_than_sqlite_variables(catalog: SQLCatalog) -> None:
     users = [catalog.add_user(f"user{i}", HASH) for i in range(3)]
     wanted = [*range(100_000, 101_500), *(u.id for u in users), *range(200_000, 200_700)]
     assert catalog.existing_user_ids(wanted) == {u.id for u in users}

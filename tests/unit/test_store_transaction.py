@@ -3,6 +3,9 @@
 Everything runs over a real data folder made by ``open_store``: real files, a real
 SQLite catalog, real sealed chunks. "Two processes" are two ``open_store`` on one
 folder: two SQLite connections, which is what the reservations must hold across.
+The tests marked ``BOTH`` (the catalog's part: reservations, quota, leases, the row's
+commit and deletion) run again with a PostgreSQL catalog of their own: then "two
+processes" are two catalogs with connections of their own to one database.
 """
 
 from __future__ import annotations
@@ -35,12 +38,18 @@ from imgshare.store import (
     StorageKey,
     StoreConfig,
     User,
+    factory,
     generate_storage_key,
     open_store,
 )
+from imgshare.store.catalog import SQLCatalog
 from imgshare.store.copies import INBOX_NAME_RE
 from imgshare.store.images import process_holder
+from services.postgres import CATALOG_KINDS
 from store_helpers import make_record
+
+#: On SQLite and PostgreSQL: for the tests of what the catalog holds.
+BOTH = pytest.mark.parametrize("catalog_kind", CATALOG_KINDS, indirect=True)
 
 CHUNK = 4096
 WAIT = 5.0
@@ -109,8 +118,17 @@ def key() -> StorageKey:
 
 
 @pytest.fixture
-def make_store(data: Path, key: StorageKey) -> Iterator[Callable[..., DataFolderStore]]:
-    """Open stores on the one data folder (each its own catalog connection)."""
+def make_store(
+    data: Path,
+    key: StorageKey,
+    catalog_kind: str,
+    catalog_opener: Callable[[], SQLCatalog],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[..., DataFolderStore]]:
+    """Open stores on the one data folder (each its own catalog connection; with
+    ``catalog_kind`` "postgres", each its own catalog on the test's database)."""
+    if catalog_kind == "postgres":  # until the factory takes a catalog URL
+        monkeypatch.setattr(factory, "open_catalog", lambda data: catalog_opener())
     opened: list[DataFolderStore] = []
 
     def make(**changes: Any) -> DataFolderStore:
@@ -170,6 +188,7 @@ def wait_until(condition: Callable[[], bool], seconds: float = WAIT) -> bool:
 # --- an upload, start to end -------------------------------------------------------------
 
 
+@BOTH
 def test_an_upload_goes_in_step_by_step(store: DataFolderStore, alice: User) -> None:
     sent = seal()
     assert len(sent.sealed) >= 3
@@ -327,6 +346,7 @@ def test_a_commit_refused_for_want_of_a_copy_leaves_nothing(
 # --- a failure inside commit ---------------------------------------------------------------
 
 
+@BOTH
 def test_a_removed_owner_makes_the_commit_take_everything_back(
     store: DataFolderStore, alice: User
 ) -> None:
@@ -343,6 +363,7 @@ def test_a_removed_owner_makes_the_commit_take_everything_back(
     assert store.catalog.drop_reservations(store.holder) == 0  # none left behind
 
 
+@BOTH
 def test_a_refused_row_takes_back_the_committed_object_and_copy(
     store: DataFolderStore, alice: User
 ) -> None:
@@ -396,6 +417,7 @@ def test_a_begin_that_cannot_open_its_object_holds_nothing(
 # --- the quota and the upload places, held in the catalog ------------------------------
 
 
+@BOTH
 def test_the_quota_counts_uploads_in_flight(
     make_store: Callable[..., DataFolderStore], alice: User
 ) -> None:
@@ -416,6 +438,7 @@ def test_the_quota_counts_uploads_in_flight(
     assert store.catalog.uploads_in_flight(alice.id) == 0
 
 
+@BOTH
 def test_the_places_per_user_say_try_later(
     make_store: Callable[..., DataFolderStore], alice: User
 ) -> None:
@@ -435,6 +458,7 @@ def test_the_places_per_user_say_try_later(
     assert_nothing_left(store, alice)
 
 
+@BOTH
 def test_the_quota_holds_across_two_stores_on_one_folder(
     make_store: Callable[..., DataFolderStore], alice: User
 ) -> None:
@@ -452,6 +476,7 @@ def test_the_quota_holds_across_two_stores_on_one_folder(
     assert two.catalog.uploads_in_flight(alice.id) == 0
 
 
+@BOTH
 def test_the_places_hold_across_two_stores_on_one_folder(
     make_store: Callable[..., DataFolderStore], alice: User
 ) -> None:
@@ -466,6 +491,7 @@ def test_the_places_hold_across_two_stores_on_one_folder(
     assert one.catalog.uploads_in_flight(alice.id) == 0
 
 
+@BOTH
 def test_many_threads_on_two_stores_never_overshoot(
     make_store: Callable[..., DataFolderStore], alice: User
 ) -> None:
@@ -506,6 +532,7 @@ def test_many_threads_on_two_stores_never_overshoot(
 # --- leases ----------------------------------------------------------------------------
 
 
+@BOTH
 def test_a_reservation_whose_lease_lapsed_no_longer_counts(
     make_store: Callable[..., DataFolderStore], alice: User
 ) -> None:
@@ -521,6 +548,7 @@ def test_a_reservation_whose_lease_lapsed_no_longer_counts(
     assert_nothing_left(store, alice)
 
 
+@BOTH
 def test_renew_extends_the_lease(make_store: Callable[..., DataFolderStore], alice: User) -> None:
     store = make_store(lease=0.4)
     sent = seal()
@@ -534,6 +562,7 @@ def test_renew_extends_the_lease(make_store: Callable[..., DataFolderStore], ali
     assert store.renew() == 0  # nothing in flight any more
 
 
+@BOTH
 def test_dropping_a_dead_holders_reservations_frees_its_places(
     store: DataFolderStore, alice: User
 ) -> None:
@@ -565,6 +594,7 @@ def test_dropping_a_dead_holders_reservations_frees_its_places(
 # --- delete and remove_user ------------------------------------------------------------
 
 
+@BOTH
 def test_delete_removes_row_copy_and_object(store: DataFolderStore, alice: User) -> None:
     record = store_image(store, alice)
     kept = store_image(store, alice)
@@ -594,6 +624,7 @@ def test_delete_removes_the_row_first_then_the_copy_then_the_object(
     assert store.blobs.exists(record.id)  # ...and the object comes only after it
 
 
+@BOTH
 def test_delete_touches_no_file_when_the_row_cannot_go(
     make_store: Callable[..., DataFolderStore], alice: User
 ) -> None:
@@ -606,6 +637,7 @@ def test_delete_touches_no_file_when_the_row_cannot_go(
     assert len(list(store.inbox.iter_files())) == 1
 
 
+@BOTH
 def test_remove_user_with_purge_leaves_no_file_and_no_folder(
     store: DataFolderStore, alice: User
 ) -> None:
@@ -723,6 +755,7 @@ def test_deleting_with_copies_turned_off_still_removes_old_inbox_copies(
 # --- a worker process that died --------------------------------------------------------
 
 
+@BOTH
 def test_forget_process_cleans_up_after_exactly_that_process(
     store: DataFolderStore, alice: User
 ) -> None:

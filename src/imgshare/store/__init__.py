@@ -1,6 +1,9 @@
 """Storage: the storage key, the blob store and plaintext copies, the catalog, the
 store transaction that ties them together, and the sweep.
 
+The catalog is SQLite (``SQLiteCatalog``, the embedded default) or PostgreSQL
+(``imgshare.store.postgres.PostgresCatalog``, imported only where it is used: psycopg
+is the optional ``postgres`` extra); both run ``SQLCatalog``'s queries.
 ``open_store(StoreConfig(...))`` builds the storage the settings ask for;
 ``ImageStore.begin`` is the one way an image goes in (see ``imgshare.store.images``
 for the order of its steps), ``ImageStore.delete`` the one way it goes out.
@@ -17,6 +20,7 @@ from imgshare.store.catalog import (
     Catalog,
     DeletedImage,
     ImageRecord,
+    SQLCatalog,
     SQLiteCatalog,
     User,
     UserExistsError,
@@ -57,6 +61,7 @@ __all__ = [
     "PendingImage",
     "PlainCopies",
     "PlainCopy",
+    "SQLCatalog",
     "SQLiteCatalog",
     "ScratchCopies",
     "StorageKey",
