@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest clean audit-tools stress
+.PHONY: run test lint typecheck pytest clean audit-tools stress services
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,14 @@ lint: $(DEVSTAMP)
 typecheck: $(DEVSTAMP)
 	$(BIN)/mypy --strict src
 
-pytest: $(DEVSTAMP) $(AUDITSTAMP)
+# Real servers the tests start themselves: PostgreSQL's binaries and haproxy (the
+# multi-node tests' load balancer) come from apt (the tests make a throwaway cluster
+# and run haproxy with a config of their own); SeaweedFS (S3) comes with the dev extra.
+services:
+	bash scripts/services/install-postgres.sh
+	bash scripts/services/install-haproxy.sh
+
+pytest: $(DEVSTAMP) $(AUDITSTAMP) services
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest

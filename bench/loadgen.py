@@ -113,7 +113,7 @@ class Worker:
         self.logins: dict[str, list[tuple[str, str]]] = {}
         self.ports: dict[str, int] = {}  # imgshare pools on another port than the default
         self.busy = BusyCounter.install()
-        self.token: bytes | None = None
+        self.token: str | None = None
 
     # -- connections -------------------------------------------------------------
 
@@ -323,15 +323,17 @@ class Worker:
 
             return session
 
-        def token_login(token: bytes) -> Callable[[], None]:
+        def token_login(token: str) -> Callable[[], None]:
             def session() -> None:
                 s = ClientSession.connect(
-                    HOST, self.imgshare_port, self.context, verifier=self.verifier, timeout=60
+                    HOST,
+                    self.imgshare_port,
+                    self.context,
+                    verifier=self.verifier,
+                    timeout=60,
+                    token=token,  # logged in in the handshake's last flight, as the CLI does
                 )
-                try:
-                    s.token_login(token)
-                finally:
-                    s.close()
+                s.close()
 
             return session
 
@@ -345,7 +347,7 @@ class Worker:
         }
         return makers[kind]
 
-    def _token(self, user: str, password: str) -> bytes:
+    def _token(self, user: str, password: str) -> str:
         """One API token per load generator process, made once with the password."""
         if self.token is None:
             with self._session(user, password) as session:

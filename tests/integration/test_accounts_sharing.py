@@ -105,6 +105,7 @@ def people(tmp_path: Path) -> Callable[[RunningServer, str], Person]:
 
 
 def audit(server: RunningServer, **where: str) -> list[AuditRecord]:
+    server.server.service.audit.flush()  # the writer batches them
     return server.server.service.catalog.audit_events(**where)
 
 

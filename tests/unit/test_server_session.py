@@ -732,6 +732,7 @@ def test_an_upload_without_inbox_copies(make_service: ServiceFactory) -> None:
 
 
 def events_of(service: Service, kind: str) -> list[AuditRecord]:
+    service.audit.flush()  # the writer batches them
     return service.catalog.audit_events(event=kind)
 
 

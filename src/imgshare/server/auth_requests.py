@@ -32,7 +32,7 @@ REGISTRATION_WINDOW_MS = 3_600_000
 
 def _logged_in(session: Session, user: User, method: str, token_id: int | None = None) -> Answers:
     session.log_in(user, method, token_id)
-    session.service.catalog.audit("login", user.name, session.network, now_ms(), method=method)
+    session.service.audit.record("login", user.name, session.network, now_ms(), method=method)
     log.info("login", extra=fields(peer=session.peer, user=user.name, method=method))
     yield ev.LoginOk(user.name)
 
@@ -40,8 +40,9 @@ def _logged_in(session: Session, user: User, method: str, token_id: int | None =
 def _failed(session: Session, name: str, method: str, message: str) -> Answers:
     """A failed login: counted on the connection, fatal at the limit."""
     session.login_failures += 1
-    catalog = session.service.catalog
-    catalog.audit("login_failed", name or None, session.network, now_ms(), method=method)
+    session.service.audit.record(
+        "login_failed", name or None, session.network, now_ms(), method=method
+    )
     if session.login_failures >= session.service.max_login_failures:
         yield ev.Error(ErrorCode.AUTH_FAILED, "too many failed logins", fatal=True)
     else:
@@ -103,6 +104,7 @@ def register(session: Session, event: ev.Event) -> Answers:
     except ImgshareError as exc:
         yield refusal(exc)
         return
+    # Written at once, not queued: the open-registration limit above counts these.
     service.catalog.audit("registered", user.name, session.network, now, mode=service.registration)
     yield ev.Ok()
 
@@ -126,7 +128,7 @@ def passwd(session: Session, event: ev.Event) -> Answers:
         yield refusal(exc)
         return
     session.logged_in_ms = now  # this session goes on; others with the password end
-    service.catalog.audit(
+    service.audit.record(
         "password_changed", user.name, session.network, now, tokens_revoked=revoked
     )
     yield ev.Ok()
@@ -151,7 +153,9 @@ def token_create(session: Session, event: ev.Event) -> Answers:
         yield error(ErrorCode.INVALID_ARGUMENT, "too many tokens: revoke some first")
         return
     record, secret = session.service.tokens.create(user, name, now, event.expires_ms)
-    catalog.audit("token_created", user.name, session.network, now, token_id=record.id, name=name)
+    session.service.audit.record(
+        "token_created", user.name, session.network, now, token_id=record.id, name=name
+    )
     yield ev.Token(record.id, secret, record.expires_ms)
 
 
@@ -175,7 +179,7 @@ def token_revoke(session: Session, event: ev.Event) -> Answers:
     if revoked is None:
         yield error(ErrorCode.NOT_FOUND, "no such token")
         return
-    catalog.audit(
+    session.service.audit.record(
         "token_revoked",
         user.name,
         session.network,

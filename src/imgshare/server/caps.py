@@ -19,6 +19,7 @@ pushing back, so a slow server never cuts a fast client.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 from collections import Counter
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 
+@functools.lru_cache(maxsize=4096)  # parsed for every connection, from few addresses
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The IP address of a peer (IPv4-mapped IPv6 as IPv4, scope dropped), or None."""
     try:

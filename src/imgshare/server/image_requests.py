@@ -183,7 +183,7 @@ def share(session: Session, event: ev.Event) -> Answers:
         yield error(ErrorCode.INVALID_ARGUMENT, "too many shares of this image: unshare some")
         return
     catalog.share_image(record.id, target.id, now, event.expires_ms)
-    catalog.audit(
+    session.service.audit.record(
         "share_granted",
         user.name,
         session.network,
@@ -204,7 +204,7 @@ def unshare(session: Session, event: ev.Event) -> Answers:
     if record is None or target is None or not catalog.unshare_image(record.id, target.id):
         yield error(ErrorCode.NOT_FOUND, "no such share")
         return
-    catalog.audit(
+    session.service.audit.record(
         "share_revoked", user.name, session.network, now_ms(), image=record.id, to=target.name
     )
     yield ev.Ok()
@@ -236,6 +236,6 @@ def delete(session: Session, event: ev.Event) -> Answers:
         yield error(ErrorCode.NOT_FOUND, _NOT_FOUND)
         return
     image = event.image_id.hex()
-    service.catalog.audit("image_deleted", user.name, session.network, now_ms(), image=image)
+    service.audit.record("image_deleted", user.name, session.network, now_ms(), image=image)
     log.info("image deleted", extra=fields(id=image, user=user.name))
     yield ev.Ok()

@@ -496,7 +496,7 @@ class Server:
         now = now_ms()
         expired = catalog.expire_shares(now)
         for image_id, owner, user in expired:
-            catalog.audit("share_expired", owner, None, now, image=image_id, to=user)
+            self.service.audit.record("share_expired", owner, None, now, image=image_id, to=user)
         return len(expired)
 
     def end_sessions_of_removed_users(self) -> int:

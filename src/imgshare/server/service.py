@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from imgshare.logs import SummarizedLog
 from imgshare.server import images
 from imgshare.server.accounts import Accounts
+from imgshare.server.audit import AuditTrail
 from imgshare.server.credentials import Tokens
 from imgshare.server.threads import ThreadReuse
 from imgshare.server.uploads import MemoryBudget
@@ -51,6 +52,11 @@ class Service:
     )
     #: The data folder's lock, held until ``close``.
     lock: DataFolderLock | None = None
+    #: Security events on their way to the catalog (``imgshare.server.audit``).
+    audit: AuditTrail = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuditTrail(self.store.catalog)
 
     @property
     def catalog(self) -> Catalog:
@@ -63,6 +69,7 @@ class Service:
     def close(self) -> None:
         """Close the store and let the data folder go (idempotent)."""
         self.pipeline_threads.close()
+        self.audit.close()
         self.store.close()
         if self.lock is not None:
             self.lock.release()

@@ -21,7 +21,7 @@ grant access, and the record of who used them. Its queries are the shared SQL of
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -67,6 +67,17 @@ class TokenRecord:
     created_ms: int
     expires_ms: int  # 0: never
     last_used_ms: int  # 0: never
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """A security event on its way to the trail."""
+
+    time_ms: int
+    event: str
+    user_name: str | None
+    network: str | None
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,15 +344,24 @@ class AccessTables(_Base):  # type: ignore[misc]
         **detail: Any,
     ) -> None:
         """Record a security event (see the module docstring on durability)."""
-        self._write(
-            "record an event",
-            lambda db: db.execute(
-                "INSERT INTO audit (time_ms, event, user_name, network, detail) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (now, event, user_name, network, json.dumps(detail, sort_keys=True)),
-            ),
-            durable=False,
-        )
+        self.audit_many([AuditEvent(now, event, user_name, network, detail)])
+
+    def audit_many(self, events: Sequence[AuditEvent]) -> None:
+        """Record several security events in one transaction."""
+        rows = [
+            (e.time_ms, e.event, e.user_name, e.network, json.dumps(e.detail, sort_keys=True))
+            for e in events
+        ]
+
+        def insert(db: Database) -> None:
+            for row in rows:
+                db.execute(
+                    "INSERT INTO audit (time_ms, event, user_name, network, detail) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    row,
+                )
+
+        self._write("record events", insert, durable=False)
 
     def audit_events(
         self, *, user_name: str | None = None, event: str | None = None, limit: int = 1000

@@ -43,7 +43,13 @@ from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from imgshare.errors import ConfigError, QuotaError, StorageError, TryLaterError
-from imgshare.store.access import AccessTables, AuditRecord, ShareRecord, TokenRecord
+from imgshare.store.access import (
+    AccessTables,
+    AuditEvent,
+    AuditRecord,
+    ShareRecord,
+    TokenRecord,
+)
 from imgshare.store.blobs import OBJECT_ID_RE
 
 SCHEMA_VERSION = 4
@@ -200,6 +206,7 @@ class Catalog(Protocol):
     def audit(
         self, event: str, user_name: str | None, network: str | None, now: int, **detail: Any
     ) -> None: ...
+    def audit_many(self, events: Sequence[AuditEvent]) -> None: ...
     def audit_events(
         self, *, user_name: str | None = None, event: str | None = None, limit: int = 1000
     ) -> list[AuditRecord]: ...
