@@ -290,11 +290,21 @@ def test_revoked_and_expired_tokens_are_refused(
         short = session.create_token("short", now_ms() + 1500)
     with server.connect() as session:
         assert session.token_login(short.secret) == "alice"
+    host, port = server.address
+    context, verifier = server.ssl_context(), server.verifier()
+    with ClientSession.connect(
+        host, port, context, verifier=verifier, token=short.secret
+    ) as session:
+        assert session.username == "alice"  # logged in within the handshake's last flight
+        assert session.list_images() == []
     wait_until(lambda: now_ms() > short.expires_ms + 50, timeout=5)
     with server.connect() as session, pytest.raises(PeerError) as caught:
         session.token_login(short.secret)
     assert caught.value.code is ErrorCode.AUTH_FAILED
     assert str(caught.value) == "server: invalid or expired token"
+    with pytest.raises(PeerError) as caught:
+        ClientSession.connect(host, port, context, verifier=verifier, token=short.secret)
+    assert caught.value.code is ErrorCode.AUTH_FAILED
     # the profile's own token, revoked from elsewhere: the next command says so
     with server.login("alice") as session:
         session.revoke_token(alice.saved()["token_id"])
@@ -303,7 +313,7 @@ def test_revoked_and_expired_tokens_are_refused(
     # what the audit trail kept
     assert {"token_created", "token_revoked", "login", "login_failed"} <= events(server)
     failed = audit(server, event="login_failed")
-    assert [r.detail["method"] for r in failed] == ["token"] * 3
+    assert [r.detail["method"] for r in failed] == ["token"] * 4
 
 
 def test_an_expired_profile_login_is_caught_before_connecting(

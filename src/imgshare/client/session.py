@@ -155,11 +155,15 @@ class ClientSession:
         verifier: ServerVerifier | None = None,
         group: Group = Group.X25519,
         timeout: float = 60.0,
+        token: str | None = None,
     ) -> ClientSession:
-        """Connect, do TLS and the application handshake.
+        """Connect, do TLS and the application handshake; with ``token``, also log in
+        with it, sent in the same flight as the handshake's last message (one write and
+        one wake-up fewer on both sides: a new session costs that much less).
 
         Without ``verifier`` the application layer trusts exactly the certificate the
-        TLS connection presented. Raises ``TransportError`` or ``HandshakeError``.
+        TLS connection presented. Raises ``TransportError``, ``HandshakeError``, and
+        with ``token`` whatever ``token_login`` raises.
         """
         try:
             raw = socket.create_connection((host, port), timeout=timeout)
@@ -182,19 +186,34 @@ class ClientSession:
         session = cls(sock, ClientConnection(verifier, group=group))
         try:
             session._handshake()
+            if token is not None:
+                session._token_login_in_flight(token)
+            else:
+                session._write(session._conn.data_to_send())  # ClientFinished
         except BaseException:
             session.close()
             raise
         return session
 
     def _handshake(self) -> None:
+        """Up to the server's Finished; our ClientFinished waits in the connection's
+        outbox for the caller to send, alone or with the first request."""
         self._write(self._conn.initiate())
         event = self._next_event()
         if isinstance(event, ev.Error):
             raise _peer_error(event)
         if not isinstance(event, ev.HandshakeComplete):
             raise HandshakeError("handshake did not complete", ErrorCode.HANDSHAKE_FAILED)
-        self._write(self._conn.data_to_send())
+
+    def _token_login_in_flight(self, token: str) -> None:
+        finished = self._conn.data_to_send()
+        self._write(finished + self._conn.send(ev.TokenLogin(_token_secret(token))))
+        try:
+            self._logged_in(self._answer(ev.LoginOk))
+        except PeerError as exc:
+            if exc.code != ErrorCode.TRY_LATER:
+                raise
+            self.token_login(token)  # with the usual retries
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -294,11 +313,7 @@ class ClientSession:
     def token_login(self, token: str) -> str:
         """Log in with an API token (``imgshare-token-...``); return the user name.
         Raises ``PeerError`` (AUTH_FAILED) for an unknown, revoked or expired token."""
-        try:
-            secret = token.strip().encode("ascii")
-        except UnicodeEncodeError:
-            raise ConfigError("a token is ASCII text (imgshare-token-...)") from None
-        return self._logged_in(self._ask(ev.TokenLogin(secret), ev.LoginOk))
+        return self._logged_in(self._ask(ev.TokenLogin(_token_secret(token)), ev.LoginOk))
 
     def cert_login(self) -> str:
         """Log in as the user the TLS client certificate names; return the name.
@@ -542,6 +557,13 @@ class ClientSession:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _token_secret(token: str) -> bytes:
+    try:
+        return token.strip().encode("ascii")
+    except UnicodeEncodeError:
+        raise ConfigError("a token is ASCII text (imgshare-token-...)") from None
 
 
 def _cursor(entry: ev.ImageEntry) -> tuple[int, bytes]:
