@@ -152,7 +152,13 @@ def _free_port() -> int:
 class PostgresCluster:
     """One throwaway cluster; ``start()``, then ``new_database()`` per test, ``stop()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False, parent: str | None = None) -> None:
+        """``durable``: fsync and full page writes on, as a deployment runs it (the
+        bench's ``backends`` scenario; the tests keep them off). ``parent``: where the
+        cluster's folder goes (default: /dev/shm when there is room, see
+        ``_scratch_dir``)."""
+        self.durable = durable
+        self.parent = parent
         self.folder: Path | None = None
         self.port = 0
         self.password = secrets.token_urlsafe(18)
@@ -185,7 +191,7 @@ class PostgresCluster:
             raise ServiceError(f"PostgreSQL's initdb and pg_ctl were not found: {INSTALL_HINT}")
         began = time.monotonic()
         _reap_leftovers()
-        self.folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=_scratch_dir()))
+        self.folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=self.parent or _scratch_dir()))
         (self.folder / "owner.pid").write_text(f"{os.getpid()}\n")
         if self._user is not None:
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
@@ -232,6 +238,23 @@ class PostgresCluster:
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder = None
+
+    def pause(self, mode: str = "immediate") -> None:
+        """Stop the server (``immediate``: as a crash does, ``fast``: as an operator
+        does), keeping its data and its port for ``resume``."""
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                self._admin.close()
+            self._admin = None
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server again on the same port after ``pause``."""
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+            "-o", self._server_options(), "start",
+        )  # fmt: skip
+        self._admin = self._connect_admin()
 
     # -- what the tests use -----------------------------------------------------------
 
@@ -323,8 +346,8 @@ class PostgresCluster:
                 f"-p {self.port}",
                 f"-k {self.folder}",
                 f"-c listen_addresses={HOST}",
-                "-c fsync=off",
-                "-c full_page_writes=off",
+                "-c fsync=on" if self.durable else "-c fsync=off",
+                "-c full_page_writes=on" if self.durable else "-c full_page_writes=off",
                 "-c max_connections=300",
                 "-c shared_buffers=32MB",
                 "-c log_min_messages=warning",

@@ -1,8 +1,9 @@
 """`imgshare audit`: the security events the server keeps in its catalog.
 
 Read-only, and it works while the server runs: like ``imgshare user``, it takes no
-lock on the data folder and reads the catalog through SQLite, which lets readers and
-the server's writers go on side by side (WAL).
+lock on the data folder and reads the catalog (SQLite lets readers and the server's
+writers go on side by side, WAL; so does PostgreSQL). ``--config`` finds the catalog
+as the server does, also the one that several nodes share.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import click
 
-from imgshare.cli.users import existing_catalog, utc_time
+from imgshare.cli.users import existing_catalog, server_settings, utc_time
 from imgshare.safetext import escape
 
 #: Every event the server and the admin commands record (docs/operations.md).
@@ -63,10 +64,15 @@ def _details(detail: dict[str, Any]) -> str:
 @click.option(
     "--data",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path("data"),
-    show_default=True,
-    envvar="IMGSHARE_DATA",
-    help="The server's data folder.",
+    default=None,
+    help="The server's data folder. [default: the --config file's, IMGSHARE_DATA, or ./data]",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The server's settings file (TOML), to find its catalog as it does (with "
+    "several nodes: catalog_url).",
 )
 @click.option("--user", "user_name", metavar="NAME", help="Only the events that concern this user.")
 @click.option(
@@ -85,14 +91,21 @@ def _details(detail: dict[str, Any]) -> str:
     help="Show the newest N events that match.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def audit(data: Path, user_name: str | None, event: str | None, limit: int, as_json: bool) -> None:
+def audit(
+    data: Path | None,
+    config_file: Path | None,
+    user_name: str | None,
+    event: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """Show the audit trail: logins, failed logins, registrations, tokens, shares,
     deletions, password resets, removed users; oldest first.
 
     Names are shown as they were given, with control characters escaped. Works while
     the server runs.
     """
-    with existing_catalog(data) as catalog:
+    with existing_catalog(server_settings(config_file, data)) as catalog:
         events = catalog.audit_events(user_name=user_name, event=event, limit=limit + 1)
         exists = user_name is None or catalog.get_user_by_name(user_name) is not None
     more = len(events) > limit

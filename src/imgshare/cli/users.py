@@ -1,10 +1,14 @@
-"""`imgshare user`: the accounts of a data folder: add, list, remove, reset a password,
+"""`imgshare user`: the accounts of a server: add, list, remove, reset a password,
 invite someone to register.
 
 These commands work while the server runs: they take no lock and coordinate through
-the catalog (SQLite serializes the writes), like the server's own workers. Every
-command but ``add`` refuses a data folder without a catalog, so that a mistyped
-``--data`` says so instead of making an empty folder.
+the catalog (SQLite serializes the writes; PostgreSQL's transactions), like the
+server's own workers. They find the catalog as the server does: ``--config`` names
+the server's settings file (its data folder, and with several nodes its
+``catalog_url`` and object store), ``IMGSHARE_*`` variables as for ``imgshare
+serve``, and ``--data`` wins over both. Every command but ``add`` refuses a data
+folder without a catalog, so that a mistyped ``--data`` says so instead of making an
+empty folder.
 """
 
 from __future__ import annotations
@@ -19,15 +23,21 @@ from imgshare.errors import ConfigError
 from imgshare.server.accounts import Accounts
 
 if TYPE_CHECKING:
-    from imgshare.store import SQLiteCatalog
+    from imgshare.server.config import ServerSettings
+    from imgshare.store import SQLCatalog
 
 _DATA = click.option(
     "--data",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path("data"),
-    show_default=True,
-    envvar="IMGSHARE_DATA",
-    help="The server's data folder.",
+    default=None,
+    help="The server's data folder. [default: the --config file's, IMGSHARE_DATA, or ./data]",
+)
+_CONFIG = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The server's settings file (TOML), to find its data folder and catalog as it "
+    "does (with several nodes: catalog_url, object_store_url, inbox_location).",
 )
 
 _PASSWORD_FILE = click.option(
@@ -67,11 +77,24 @@ def utc_time(ms: int) -> str:
     return f"{datetime.fromtimestamp(ms / 1000, UTC):%Y-%m-%d %H:%M:%SZ}"
 
 
-def existing_catalog(data: Path) -> SQLiteCatalog:
-    """The catalog of a data folder that has one. Raises ``ConfigError`` if it has
-    none (a mistyped ``--data``: nothing is created), ``StorageError``."""
-    from imgshare.store import SQLiteCatalog, catalog_path
+def server_settings(config_file: Path | None, data: Path | None) -> ServerSettings:
+    """The server's settings as ``imgshare serve`` would read them (the file, then
+    ``IMGSHARE_*`` variables), with ``data`` if given. Raises ``ConfigError``."""
+    from imgshare.server.config import load_settings
 
+    return load_settings(config_file, overrides={"data": data})
+
+
+def existing_catalog(settings: ServerSettings) -> SQLCatalog:
+    """The server's catalog: PostgreSQL at ``catalog_url``, or the data folder's, if it
+    has one. Raises ``ConfigError`` if the data folder has none (a mistyped ``--data``:
+    nothing is created), ``StorageError`` (the database unreachable...)."""
+    from imgshare.store import SQLiteCatalog, catalog_path
+    from imgshare.store.factory import open_postgres
+
+    if settings.catalog_url:
+        return open_postgres(settings.catalog_url, pool_size=1)
+    data = settings.data
     path = catalog_path(data)
     if not path.is_file():
         where = "does not exist" if not data.exists() else f"has no {path.name}"
@@ -96,22 +119,31 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @_DATA
+@_CONFIG
 @_PASSWORD_FILE
-def add(name: str, data: Path, password_file: Path | None) -> None:
+def add(name: str, data: Path | None, config_file: Path | None, password_file: Path | None) -> None:
     """Add user NAME (lowercase letters, digits, '_', '.', '-'; 1-32 characters)."""
-    from imgshare.server import open_catalog
+    from imgshare.store import open_catalog
+    from imgshare.store.factory import open_postgres
 
+    settings = server_settings(config_file, data)
     password = _password(password_file)
-    with open_catalog(data) as catalog:
+    catalog = (
+        open_postgres(settings.catalog_url, pool_size=1)
+        if settings.catalog_url
+        else open_catalog(settings.data)
+    )
+    with catalog:
         Accounts(catalog).add_user(name, password)
     click.echo(f"user {name} added")
 
 
 @user.command("list")
 @_DATA
-def list_users(data: Path) -> None:
+@_CONFIG
+def list_users(data: Path | None, config_file: Path | None) -> None:
     """List the users and when they were added."""
-    with existing_catalog(data) as catalog:
+    with existing_catalog(server_settings(config_file, data)) as catalog:
         for entry in catalog.list_users():
             click.echo(f"{entry.name}\t{utc_time(entry.created_at)}")
 
@@ -119,8 +151,11 @@ def list_users(data: Path) -> None:
 @user.command("passwd")
 @click.argument("name")
 @_DATA
+@_CONFIG
 @_PASSWORD_FILE
-def passwd(name: str, data: Path, password_file: Path | None) -> None:
+def passwd(
+    name: str, data: Path | None, config_file: Path | None, password_file: Path | None
+) -> None:
     """Reset the password of user NAME (the admin's reset: the old one is not asked).
 
     Also revokes all of NAME's API tokens. Every open session of NAME that logged in
@@ -131,7 +166,7 @@ def passwd(name: str, data: Path, password_file: Path | None) -> None:
     from imgshare.store.catalog import now_ms
 
     check_username(name)
-    with existing_catalog(data) as catalog:
+    with existing_catalog(server_settings(config_file, data)) as catalog:
         # Before the prompt: a typo should not cost a password.
         if catalog.get_user_by_name(name) is None:
             raise ConfigError(f"no user named {name!r} (imgshare user list shows them)")
@@ -156,10 +191,9 @@ def passwd(name: str, data: Path, password_file: Path | None) -> None:
     "config_file",
     type=click.Path(path_type=Path, dir_okay=False),
     help='The server\'s settings file: warns unless it has registration = "invite", '
-    "and gives the data folder when --data is not given.",
+    "and gives the data folder (or the catalog) when --data is not given.",
 )
-@click.pass_context
-def invite(ctx: click.Context, data: Path, expires: int, config_file: Path | None) -> None:
+def invite(data: Path | None, expires: int, config_file: Path | None) -> None:
     """Make a one-time invitation code for someone to register their own account.
 
     Prints the code alone on standard output (CODE=$(imgshare user invite)) and how
@@ -171,17 +205,12 @@ def invite(ctx: click.Context, data: Path, expires: int, config_file: Path | Non
     from imgshare.server.credentials import new_invitation
     from imgshare.store.catalog import now_ms
 
-    registration = None
-    if config_file is not None:
-        from imgshare.server.config import load_settings
-
-        settings = load_settings(config_file)
-        registration = settings.registration
-        if ctx.get_parameter_source("data") is click.core.ParameterSource.DEFAULT:
-            data = settings.data
+    settings = server_settings(config_file, data)
+    registration = settings.registration if config_file is not None else None
+    data = settings.data
     now = now_ms()
     expires_ms = now + expires * 1000
-    with existing_catalog(data) as catalog:
+    with existing_catalog(settings) as catalog:
         code = new_invitation(catalog, now, expires_ms)
         catalog.audit("invitation_created", None, None, now, expires_ms=expires_ms)
     if registration == "closed":
@@ -219,8 +248,9 @@ def invite(ctx: click.Context, data: Path, expires: int, config_file: Path | Non
 @user.command("remove")
 @click.argument("name")
 @_DATA
+@_CONFIG
 @click.option("--purge", is_flag=True, help="Also delete the user's images (sealed and inbox).")
-def remove(name: str, data: Path, purge: bool) -> None:
+def remove(name: str, data: Path | None, config_file: Path | None, purge: bool) -> None:
     """Remove user NAME. Refused while they own images, unless --purge.
 
     --purge deletes each image as `imgshare delete` does: the rows, and with them the
@@ -230,14 +260,16 @@ def remove(name: str, data: Path, purge: bool) -> None:
     audit trail as user_removed.
     """
     from imgshare.server.accounts import check_username
-    from imgshare.store import StoreConfig, open_store
+    from imgshare.server.app import store_config
+    from imgshare.store import open_store
     from imgshare.store.catalog import now_ms
 
     check_username(name)
-    existing_catalog(data).close()  # a mistyped --data makes no folders
-    # No storage key needed: removing only deletes. The inbox is opened even when
+    settings = server_settings(config_file, data)
+    existing_catalog(settings).close()  # a mistyped --data makes no folders
+    # No storage key needed: removing only deletes. The inbox is reached even when
     # the server keeps no copies, so that old copies go too.
-    with open_store(StoreConfig(data=data, storage_key=None, inbox=True)) as store:
+    with open_store(store_config(settings, None)) as store:
         deleted = store.remove_user(name, purge=purge)
         store.catalog.audit(
             "user_removed", name, None, now_ms(), purge=purge, images_deleted=len(deleted)

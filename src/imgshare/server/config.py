@@ -40,6 +40,15 @@ class ServerSettings:
     # storage
     inbox: bool = True
     storage_key_file: Path | None = None  # default DATA/storage.key
+    # several nodes (docs/operations.md, "Several nodes"): where what they share lives
+    catalog_url: str = field(default="", repr=False)  # "": SQLite in DATA; postgresql://...
+    object_store_url: str = ""  # "": DATA/objects; s3://bucket/prefix, or a shared folder
+    inbox_location: str = ""  # "": DATA/inbox; a shared folder, or s3://bucket/prefix
+    s3_endpoint: str = ""  # "": AWS_ENDPOINT_URL (or AWS itself)
+    s3_access_key: str = ""  # "": AWS_ACCESS_KEY_ID
+    s3_secret_key: str = field(default="", repr=False)  # "": AWS_SECRET_ACCESS_KEY
+    s3_region: str = ""  # "": AWS_REGION, AWS_DEFAULT_REGION or us-east-1
+    catalog_pool: int = 8  # connections to PostgreSQL per worker process
     # limits (docs/security.md explains each)
     max_connections: int = 2048
     max_connections_per_address: int = 128
@@ -52,6 +61,9 @@ class ServerSettings:
     max_uploads_per_user: int = 4  # uploads in flight at once
     upload_memory: int = 256 * MIB  # buffers of all uploads in flight
     min_transfer_bytes: int = 64 * 1024  # per transfer_window while an image streams
+    # resumable uploads (docs/protocol.md, 7.10)
+    upload_sync_bytes: int = 8 * MIB  # an upload is made durable this often; 0: never
+    resume_for: float = 86400.0  # how long a cut-off upload may be resumed
     # accounts
     registration: str = "closed"  # "closed", "invite" or "open"
     registrations_per_address: int = 5  # per hour, when registration is open
@@ -109,11 +121,13 @@ class ServerSettings:
             "upload_memory",
             "min_transfer_bytes",
             "max_login_failures",
+            "catalog_pool",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in (
             "quota_bytes",
+            "upload_sync_bytes",
             "workers",
             "max_unauthenticated",
             "login_failures_per_account",
@@ -134,6 +148,7 @@ class ServerSettings:
             "login_delay_max",
             "shutdown_grace",
             "sweep_after",
+            "resume_for",
         ):
             seconds = getattr(self, name)
             if (
@@ -142,11 +157,39 @@ class ServerSettings:
                 or (seconds == 0 and name != "shutdown_grace")
             ):
                 raise ConfigError(f"{name} must be a finite number of seconds above 0")
+        self._check_storage()
         for network in self.trusted_networks:
             try:
                 ipaddress.ip_network(network)
             except ValueError as exc:
                 raise ConfigError(f"trusted_networks: {network!r} is not a network") from exc
+
+    def _check_storage(self) -> None:
+        """Where shared things live: a URL of the right kind, and, with a catalog that
+        several nodes share, nothing that would silently stay on one node's disk."""
+        if self.catalog_url and not self.catalog_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("catalog_url must be a postgresql:// URL (or empty: SQLite in data)")
+        for name in ("object_store_url", "inbox_location"):
+            value = getattr(self, name)
+            if "://" in value and not value.startswith("s3://"):
+                raise ConfigError(f"{name} must be s3://bucket/prefix or a folder, not {value!r}")
+        if not self.catalog_url:
+            return
+        if not self.object_store_url:
+            raise ConfigError(
+                "catalog_url names a catalog that several nodes share, but the sealed "
+                "objects would stay in this node's data folder, where no other node sees "
+                "them: set object_store_url to s3://bucket/prefix or to a folder every "
+                "node mounts"
+            )
+        if self.inbox and not self.inbox_location:
+            raise ConfigError(
+                "catalog_url names a catalog that several nodes share, but the decrypted "
+                "inbox copies would go to this node's data folder: set inbox_location to a "
+                "folder every node mounts or to s3://bucket/prefix, or inbox = false; to "
+                "keep each node's copies on its own disk knowingly, name that folder in "
+                "inbox_location"
+            )
 
     @property
     def worker_count(self) -> int:

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, Self
 
-from imgshare.errors import ConfigError, StorageError
+from imgshare.errors import ConfigError, StorageError, StorageUnavailable
 from imgshare.store.blobs import OBJECT_ID_RE, BlobNotFound, BlobStore
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _PREFIX_PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _NO_UPLOAD = frozenset({"404", "NoSuchUpload"})
+#: Answers that mean "not now" rather than "no" (and 5xx statuses).
+_UNAVAILABLE = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"})
 _REFUSED = frozenset(
     {
         "403",
@@ -265,8 +267,13 @@ class S3BlobStore:
                     f"HTTP {status}); check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the "
                     "clock"
                 )
+            if status.startswith("5") or code in _UNAVAILABLE:
+                return StorageUnavailable(
+                    f"{where}: cannot {action} {what}: {code} (HTTP {status})"
+                )
             return StorageError(f"{where}: cannot {action} {what}: {code} (HTTP {status})")
-        return StorageError(f"{where}: cannot {action} {what}: {type(exc).__name__}")
+        # No answer at all: refused, timed out, cut off (botocore retried already).
+        return StorageUnavailable(f"{where}: cannot {action} {what}: {type(exc).__name__}")
 
     def _fail(self, action: str, what: str, exc: Exception) -> NoReturn:
         raise self.error(action, what, exc) from exc
@@ -378,26 +385,97 @@ class S3BlobStore:
         """
         if pid is not None and before is None:
             return 0
+        return self.abort_uploads(self._prefix, before)
+
+    def abort_uploads(self, prefix: str, before: float | None = None) -> int:
+        """Abort the unfinished multipart uploads of keys under ``prefix`` that were
+        last written before the unix time ``before`` (all of them if None); return
+        how many. Raises ``StorageError``.
+
+        "Last written" is the newest of the upload's start and its parts (ListParts),
+        as a temp file's is its last write: an upload that began long ago but still
+        sends parts (a big image on a slow link) is in progress, not left over."""
         paginator = self._client.get_paginator("list_multipart_uploads")
         aborted = 0
         try:
-            for page in paginator.paginate(Bucket=self.config.bucket, Prefix=self._prefix):
+            for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
                 for upload in page.get("Uploads", []):
                     key, upload_id = upload.get("Key"), upload.get("UploadId")
                     initiated = upload.get("Initiated")
                     if key is None or upload_id is None:
                         continue
                     if before is not None and (
-                        initiated is None or initiated.timestamp() >= before
+                        initiated is None
+                        or initiated.timestamp() >= before
+                        or self._last_part_time(key, upload_id) >= before
                     ):
                         continue
                     if self._abort_upload(key, upload_id):
                         aborted += 1
         except self._errors as exc:
-            self._fail("list", f"multipart uploads under {self._prefix}", exc)
+            self._fail("list", f"multipart uploads under {prefix}", exc)
         if aborted:
             log.info("aborted %d unfinished multipart upload(s) in %s", aborted, self.config.url)
         return aborted
+
+    # --- keys outside the objects area (the inbox in a bucket: imgshare.store.s3inbox) ---
+
+    def writer(self, key: str, what: str) -> S3BlobWriter:
+        """A writer for any key the caller made (never from client input)."""
+        return S3BlobWriter(self, key, "", what=what)
+
+    def list_keys(self, prefix: str, before: float | None = None) -> Iterator[str]:
+        """Keys under ``prefix`` (last modified before the unix time ``before``, if
+        given), in key order. Raises ``StorageError``."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
+                for entry in page.get("Contents", []):
+                    key, modified = entry.get("Key"), entry.get("LastModified")
+                    if key is None:
+                        continue
+                    if before is None or (modified is not None and modified.timestamp() < before):
+                        yield key
+        except self._errors as exc:
+            self._fail("list", f"keys under {prefix}", exc)
+
+    def key_size(self, key: str, what: str) -> int | None:
+        """The size of ``key``, or None if there is none. Raises ``StorageError``."""
+        try:
+            answer = self._client.head_object(Bucket=self.config.bucket, Key=key)
+        except self._errors as exc:
+            if isinstance(exc, self._client_errors) and error_code(exc)[0] in _NOT_FOUND:
+                return None
+            self._fail("stat", what, exc)
+        return int(answer["ContentLength"])
+
+    def delete_key(self, key: str, what: str) -> bool:
+        """Remove ``key``; return whether it existed (a HEAD first). Raises
+        ``StorageError``."""
+        try:
+            self._client.head_object(Bucket=self.config.bucket, Key=key)
+            existed = True
+        except self._errors as exc:
+            if not (isinstance(exc, self._client_errors) and error_code(exc)[0] in _NOT_FOUND):
+                self._fail("stat", what, exc)
+            existed = False
+        try:
+            self._client.delete_object(Bucket=self.config.bucket, Key=key)
+        except self._errors as exc:
+            self._fail("delete", what, exc)
+        return existed
+
+    def _last_part_time(self, key: str, upload_id: str) -> float:
+        """When the newest part of an upload was stored (unix time; 0 without parts,
+        or when the upload is gone already). Raises the client's errors."""
+        try:
+            answer = self._client.list_parts(Bucket=self.config.bucket, Key=key, UploadId=upload_id)
+        except self._client_errors as exc:
+            if error_code(exc)[0] in _NO_UPLOAD:
+                return 0.0
+            raise
+        times = [part["LastModified"].timestamp() for part in answer.get("Parts", [])]
+        return max(times, default=0.0)
 
     def _abort_upload(self, key: str, upload_id: str) -> bool:
         """AbortMultipartUpload; False if it was gone already. Raises ``StorageError``."""
@@ -491,10 +569,12 @@ class S3BlobWriter:
     no-op after a successful commit. A context manager that aborts.
     """
 
-    def __init__(self, store: S3BlobStore, key: str, object_id: str) -> None:
+    def __init__(
+        self, store: S3BlobStore, key: str, object_id: str, *, what: str | None = None
+    ) -> None:
         self._store = store
         self.key = key
-        self._what = f"object {object_id}"
+        self._what = what or f"object {object_id}"
         self._buffer = bytearray()  # grows to PART_SIZE, then is reused in place
         self._fill = 0
         self._upload_id: str | None = None
