@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 
 import fuzz_records as records  # noqa: E402
 
-from imgshare.protocol import ErrorCode, RecordType  # noqa: E402
+from imgshare.protocol import ErrorCode, RecordType, UploadHeader  # noqa: E402
 from imgshare.protocol import events as ev  # noqa: E402
 from imgshare.protocol.constants import ListScope, Registration  # noqa: E402
 from imgshare.protocol.messages import encode_message  # noqa: E402
@@ -91,9 +91,10 @@ def record_seeds() -> list[bytes]:
 
 
 #: Valid messages the seeds above do not carry: every request of accounts and sharing
-#: (and LIST, DOWNLOAD) for a logged-in server, and the answers they miss for an idle
-#: client (which parses each, then refuses it in that state). With the session's own,
-#: every sealed message type reaches its parser from the seeds.
+#: (and LIST, DOWNLOAD, THUMBNAIL, UPLOAD_RESUME) for a logged-in server, and the
+#: answers they miss for an idle client (which parses each, then refuses it in that
+#: state). With the session's own, every sealed message type reaches its parser from
+#: the seeds.
 _ID = bytes(range(16))
 _ENTRY = ev.ImageEntry(_ID, 5000, 1_700_000_000_000, bytes(32), "alice", "a.png")
 REQUESTS: list[ev.Event] = [
@@ -112,6 +113,8 @@ REQUESTS: list[ev.Event] = [
     ev.Shares(_ID),
     ev.Delete(_ID),
     ev.ListPage(ListScope.SHARED_WITH_ME, 1, _ID, 2),
+    ev.Thumbnail(_ID),
+    ev.UploadResume(UploadHeader(_ID, bytes(7), 4096, 9000, "a.png"), bytes(32)),
 ]
 ANSWERS: list[ev.Event] = [
     ev.Ok(),
@@ -125,6 +128,7 @@ ANSWERS: list[ev.Event] = [
     ev.ImagePage((_ENTRY, _ENTRY), True),
     ev.ServerInfo(1 << 28, 1_048_656, 10**8, Registration.INVITE, 5),
     ev.Error(ErrorCode.TRY_LATER, "busy", retry_after_ms=1500),
+    ev.ThumbnailData(_ID, 256, 192, "image/jpeg", b"\xff\xd8\xff\xe0 a thumbnail"),
 ]
 #: The recorded session's step after which both sides are idle and logged in.
 LOGGED_IN = 7

@@ -16,6 +16,7 @@ the boundary with ``raise ... from exc``.
     ├── PeerError              the peer answered with a protocol error code
     ├── ImageError             the bytes are not an acceptable image
     ├── StorageError           the data folder or catalog failed
+    │   └── StorageUnavailable     the database or the bucket cannot be reached now
     ├── QuotaError             an upload would exceed the user's quota
     ├── AuthError              wrong credentials
     │   └── ForbiddenError         known, but not allowed (registration closed, ...)
@@ -98,6 +99,11 @@ class ImageError(ImgshareError):
 
 class StorageError(ImgshareError):
     """The data folder, blob store or catalog failed."""
+
+
+class StorageUnavailable(StorageError):
+    """The catalog's database or the object store cannot be reached (down, restarting,
+    a network failure): what failed was not done, and may work once they are back."""
 
 
 class QuotaError(ImgshareError):

@@ -67,7 +67,7 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
     )
     names: set[str] = set()
     dynamic: set[str] = set()
-    for node in ast.walk(tree):
+    for node in executed_on_import(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -84,6 +84,28 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
             if name in DYNAMIC:
                 dynamic.add(name)
     return names, dynamic
+
+
+def executed_on_import(tree: ast.Module) -> list[ast.AST]:
+    """The nodes of a module that importing it can run: all but ``if TYPE_CHECKING:``
+    blocks and a module-level ``__getattr__`` (PEP 562: it runs only when an attribute
+    the module lacks is asked for, as ``imgshare.Client`` is, lazily; the protocol
+    never asks)."""
+    kept: list[ast.AST] = []
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and ast.unparse(node.test) in {
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        }:
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__" and node in tree.body:
+            continue
+        kept.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return kept
 
 
 def reachable_imports() -> dict[str, set[str]]:

@@ -67,7 +67,7 @@ def test_failed_send_leaves_the_state_unchanged() -> None:
 
 
 def test_upload_ready_with_next_chunk_other_than_zero_is_rejected() -> None:
-    """v1 has no resume (UPLOAD_RESUME is reserved), so only next_chunk == 0 makes sense.
+    """After UPLOAD_BEGIN (not a resume, spec 7.10) only next_chunk == 0 makes sense.
 
     The server refuses to send another value, and a client rejects one that arrives.
     """

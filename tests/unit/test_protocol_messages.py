@@ -68,6 +68,16 @@ EVENTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
     ),
     ev.UploadBegin: st.builds(ev.UploadBegin, headers, b32),
     ev.UploadEnd: st.builds(ev.UploadEnd, b32),
+    ev.UploadResume: st.builds(ev.UploadResume, headers, b32),
+    ev.Thumbnail: st.builds(ev.Thumbnail, b16),
+    ev.ThumbnailData: st.builds(
+        ev.ThumbnailData,
+        b16,
+        st.integers(0, 0xFFFF),
+        st.integers(0, 0xFFFF),
+        st.sampled_from(["image/jpeg", "image/png", ""]),
+        st.binary(max_size=300),
+    ),
     ev.Download: st.builds(ev.Download, b16),
     ev.ListImages: st.just(ev.ListImages()),
     ev.Share: st.builds(ev.Share, b16, usernames, u64),
@@ -102,7 +112,7 @@ sealed_events = st.one_of(*EVENTS.values())
 
 def test_every_sealed_message_type_has_a_strategy() -> None:
     assert set(EVENTS) == set(MESSAGE_TYPE_OF)
-    assert set(MESSAGE_TYPE_OF.values()) == set(MessageType) - {MessageType.UPLOAD_RESUME}
+    assert set(MESSAGE_TYPE_OF.values()) == set(MessageType)  # none is reserved any more
 
 
 @SETTINGS
@@ -253,9 +263,24 @@ def _list_page(scope: int, limit: int) -> bytes:
         (bytes((0x08,)) + bytes(7), ErrorCode.MALFORMED),
         (bytes((0x25,)) + bytes(15), ErrorCode.MALFORMED),
         (bytes((0x25,)) + bytes(17), ErrorCode.MALFORMED),
-        # reserved, and unknown
-        (bytes((0x12,)) + bytes(48), ErrorCode.UNSUPPORTED),
-        (bytes((0x27,)), ErrorCode.UNEXPECTED_MESSAGE),
+        # UPLOAD_RESUME (reserved before resumable uploads) parses as UPLOAD_BEGIN does
+        (bytes((0x12,)) + bytes(48), ErrorCode.MALFORMED),
+        (bytes((0x12,)) + bytes(31), ErrorCode.MALFORMED),
+        # THUMBNAIL is an id; THUMBNAIL_DATA's bytes are bounded
+        (bytes((0x27,)), ErrorCode.MALFORMED),
+        (bytes((0x27,)) + bytes(17), ErrorCode.MALFORMED),
+        (bytes((0xA5,)) + bytes(20) + codec.var8(b"x" * 65), ErrorCode.TOO_LARGE),
+        (
+            bytes((0xA5,)) + bytes(20) + codec.var8(b"png") + codec.u32(256 * 1024 + 1),
+            ErrorCode.TOO_LARGE,
+        ),
+        (
+            bytes((0xA5,)) + bytes(20) + codec.var8(b"png") + codec.u32(2) + b"x",
+            ErrorCode.MALFORMED,
+        ),
+        (bytes((0xA5,)) + bytes(19), ErrorCode.MALFORMED),
+        # unknown
+        (bytes((0x28,)), ErrorCode.UNEXPECTED_MESSAGE),
         (bytes((0x85,)), ErrorCode.UNEXPECTED_MESSAGE),
         (bytes((0x09, 0)), ErrorCode.MALFORMED),
         (bytes((0x84,)) + bytes(20) + bytes((3, 5)), ErrorCode.MALFORMED),  # registration 3

@@ -37,6 +37,7 @@ from imgshare.protocol import (
 )
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import RECORD_HEADER_SIZE, TAG_SIZE, ListScope
+from imgshare.protocol.messages import encode_message
 from protocol_helpers import (
     HEADER,
     SPLITS,
@@ -477,6 +478,71 @@ def test_download_of_an_image_not_asked_for_is_rejected(pair: ConnectionPair) ->
     pair.send(pair.client, ev.Download(b"\x01" * 16))
     with pytest.raises(RemoteProtocolError) as caught:
         feed(pair.client, pair.server.send(ev.DownloadBegin(b"\x02" * 16, header, key)))
+    assert caught.value.code == ErrorCode.UNEXPECTED_MESSAGE
+
+
+# --- resuming an upload (spec 7.10) and thumbnails (7.11) ---------------------------------
+
+
+def test_a_resumed_upload_goes_on_from_next_chunk(pair: ConnectionPair) -> None:
+    """After UPLOAD_RESUME both sides count chunks from ``next_chunk``, with the same
+    nonces: chunks sealed again are the bytes sent the first time, and the HMAC covers
+    the chunks the server kept."""
+    data = random.Random(7).randbytes(5 * 4096 + 100)
+    header, key = new_upload("big.png", len(data), random.Random(8).randbytes, 4096)
+    first = StreamSealer(header, key)
+    sent = [first.seal(data[i * 4096 : (i + 1) * 4096]) for i in range(header.chunk_count)]
+    pair.send(pair.client, ev.UploadResume(header, key))
+    pair.send(pair.server, ev.UploadReady(3))
+    again = StreamSealer(header, key)
+    for index in range(3):
+        again.skip(data[index * 4096 : (index + 1) * 4096])
+    chunks = [
+        ev.Chunk(i, again.seal(data[i * 4096 : (i + 1) * 4096]), i == header.chunk_count - 1)
+        for i in range(3, header.chunk_count)
+    ]
+    assert [bytes(c.data) for c in chunks] == sent[3:]
+    received = pair.send(pair.client, *chunks, ev.UploadEnd(again.finish()))
+    assert [c.index for c in received if isinstance(c, ev.Chunk)] == [3, 4, 5]
+    opener = StreamOpener(header, key)
+    for chunk in sent:
+        opener.open(chunk)
+    end = received[-1]
+    assert isinstance(end, ev.UploadEnd) and opener.finish(end.hmac) == first.finish()
+    assert pair.server.state is State.AWAIT_RECEIPT
+
+
+def test_a_resumed_upload_stored_already_goes_straight_to_upload_end(
+    pair: ConnectionPair,
+) -> None:
+    header, key = new_upload("big.png", 3 * 4096, random.Random(9).randbytes, 4096)
+    pair.send(pair.client, ev.UploadResume(header, key))
+    pair.send(pair.server, ev.UploadReady(header.chunk_count))
+    assert pair.client.state is pair.server.state is State.UPLOADED
+    pair.send(pair.client, ev.UploadEnd(bytes(32)))
+    assert pair.server.state is State.AWAIT_RECEIPT
+
+
+def test_next_chunk_past_the_end_or_after_upload_begin_is_malformed(
+    pair: ConnectionPair,
+) -> None:
+    header, key = new_upload("big.png", 3 * 4096, random.Random(10).randbytes, 4096)
+    pair.send(pair.client, ev.UploadResume(header, key))
+    with pytest.raises(LocalProtocolError):
+        pair.server.send(ev.UploadReady(header.chunk_count + 1))
+    forged = pair.server._seal(encode_message(ev.UploadReady(header.chunk_count + 1)))
+    with pytest.raises(RemoteProtocolError) as caught:
+        feed(pair.client, forged)
+    assert caught.value.code == ErrorCode.MALFORMED
+
+
+def test_a_thumbnail_of_another_image_is_rejected(pair: ConnectionPair) -> None:
+    pair.send(pair.client, ev.Thumbnail(b"\x01" * 16))
+    (answer,) = pair.send(pair.server, ev.ThumbnailData(b"\x01" * 16, 4, 3, "image/png", b"x"))
+    assert isinstance(answer, ev.ThumbnailData) and pair.client.state is State.IDLE
+    pair.send(pair.client, ev.Thumbnail(b"\x01" * 16))
+    with pytest.raises(RemoteProtocolError) as caught:
+        feed(pair.client, pair.server.send(ev.ThumbnailData(b"\x02" * 16, 4, 3, "image/png", b"")))
     assert caught.value.code == ErrorCode.UNEXPECTED_MESSAGE
 
 

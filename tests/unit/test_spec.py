@@ -97,6 +97,8 @@ def test_limits_table_matches_constants() -> None:
         "MAX_RETRY_AFTER_MS",
         "MAX_TOKEN_NAME_BYTES",
         "MAX_PAGE_ENTRIES",
+        "MAX_THUMBNAIL_BYTES",
+        "MAX_MEDIA_TYPE_BYTES",
     ):
         assert int(rows[name].split()[0]) == getattr(k, name), name
     limits = Limits()
@@ -124,6 +126,8 @@ def test_labels_and_contexts_are_the_specs() -> None:
     assert f'"{k.HANDSHAKE_SIGNATURE_CONTEXT.decode()}"' in schedule
     assert f'"{k.RECEIPT_SIGNATURE_CONTEXT.decode()}"' in section("7.5 Receipt")
     assert f'"{(k.LABEL_PREFIX + k.LABEL_IMAGE_HMAC).decode()}"' in section("7.4 Image HMAC")
+    thumbnail_label = (k.LABEL_PREFIX + k.LABEL_THUMBNAIL_KEY).decode()
+    assert f'"{thumbnail_label}"' in section("7.11 Thumbnails")
     assert k.SIGNATURE_PAD == b" " * 64 and "0x20 \u00d7 64" in schedule
     assert k.MAGIC.decode() in section("4.1 Messages")
 
@@ -279,6 +283,22 @@ SAMPLES: dict[k.MessageType, tuple[ev.Event, Values]] = {
         {"content_key": _KEY, "upload_header": _HEADER.encode()},
     ),
     k.MessageType.UPLOAD_END: (ev.UploadEnd(_MAC), {"hmac": _MAC}),
+    k.MessageType.UPLOAD_RESUME: (
+        ev.UploadResume(_HEADER, _KEY),
+        {"content_key": _KEY, "upload_header": _HEADER.encode()},
+    ),
+    k.MessageType.THUMBNAIL: (ev.Thumbnail(_ID), {"image_id": _ID}),
+    k.MessageType.THUMBNAIL_DATA: (
+        ev.ThumbnailData(_ID, 256, 192, "image/jpeg", b"\xff\xd8 jpeg bytes"),
+        {
+            "image_id": _ID,
+            "width": 256,
+            "height": 192,
+            "media_type": "image/jpeg",
+            "length": 13,
+            "data": b"\xff\xd8 jpeg bytes",
+        },
+    ),
     k.MessageType.DOWNLOAD: (ev.Download(_ID), {"image_id": _ID}),
     k.MessageType.LIST: (ev.ListImages(), {}),
     k.MessageType.SHARE: (
@@ -313,7 +333,7 @@ SAMPLES: dict[k.MessageType, tuple[ev.Event, Values]] = {
             ],
         },
     ),
-    k.MessageType.UPLOAD_READY: (ev.UploadReady(0), {"next_chunk": 0}),
+    k.MessageType.UPLOAD_READY: (ev.UploadReady(3), {"next_chunk": 3}),
     k.MessageType.RECEIPT: (
         ev.Receipt(_RECEIPT, 0x0403, b"signature"),
         {"receipt": _RECEIPT.encode(), "scheme": 0x0403, "signature": b"signature"},
@@ -350,9 +370,8 @@ SAMPLES: dict[k.MessageType, tuple[ev.Event, Values]] = {
 
 
 def test_samples_cover_every_message() -> None:
-    reserved = {k.MessageType.UPLOAD_RESUME}
-    assert set(SAMPLES) == set(k.MessageType) - reserved
-    assert set(_message_layouts()) == {m.name for m in k.MessageType} - {m.name for m in reserved}
+    assert set(SAMPLES) == set(k.MessageType)  # none is reserved any more
+    assert set(_message_layouts()) == {m.name for m in k.MessageType}
 
 
 @pytest.mark.parametrize("message", list(SAMPLES), ids=lambda m: m.name)
@@ -503,3 +522,15 @@ def test_field_tables_are_what_the_code_encodes(title: str, encoded: bytes, valu
     for field, size, *_ in table_rows(section(title)):
         parts.append(f"{field} ({size})" if size.isdigit() else f"{size} {field}")
     assert _layout_bytes(" || ".join(parts), values, {}) == encoded
+
+
+def test_resume_answers_are_the_servers() -> None:
+    """Section 7.10's table names the answers the server gives an UPLOAD_RESUME."""
+    text = section("7.10 Resuming an upload")
+    answers = {row[0].split(",")[0] for row in table_rows(text)}
+    assert answers == {"UPLOAD_READY", "NOT_FOUND", "TRY_LATER"}
+    assert "upload_sync_bytes" in text and "resume_for" in text
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ServerSettings)}
+    rows = {row[0]: row[1] for row in table_rows(section("5. Limits"))}
+    assert rows["upload_sync_bytes"] == f"{defaults['upload_sync_bytes'] >> 20} MiB"
+    assert rows["resume_for"] == f"{defaults['resume_for']:g} s"

@@ -421,3 +421,141 @@ def test_many_threads_never_overshoot_the_places(catalog: SQLCatalog, alice: Use
         thread.join(10)
     assert (len(held), len(refused)) == (3, 5)
     assert catalog.uploads_in_flight(alice.id) == 3
+
+
+# --- resumable uploads (imgshare.store.resumable) -----------------------------------------
+
+
+def make_durable(
+    catalog: SQLCatalog, reservation: int, upload_id: bytes, *, chunks: int = 3, until: int = LATER
+) -> str:
+    image_id = secrets.token_hex(16)
+    assert catalog.mark_durable(
+        reservation,
+        image_id=image_id,
+        upload_id=upload_id,
+        header=b"header" + upload_id,
+        wrapped_key=b"wrapped" * 8,
+        chunks=chunks,
+        sealed_bytes=chunks * 4112,
+        now=now_ms(),
+        until=until,
+    )
+    return image_id
+
+
+def test_a_parked_upload_is_claimed_once_by_its_owner(
+    catalog: SQLCatalog, alice: User, bob: User
+) -> None:
+    upload_id = secrets.token_bytes(16)
+    held = reserve(catalog, alice, 5000, holder="host:1")
+    image_id = make_durable(catalog, held, upload_id)
+    now = now_ms()
+    with pytest.raises(TryLaterError, match="another connection"):  # its lease is live
+        catalog.claim_partial(alice.id, upload_id, holder="host:2", expires=LATER, now=now)
+    assert catalog.park_upload(held, LATER)
+    assert catalog.claim_partial(bob.id, upload_id, holder="host:2", expires=LATER, now=now) is None
+    claimed = catalog.claim_partial(alice.id, upload_id, holder="host:2", expires=LATER, now=now)
+    assert claimed is not None
+    assert (claimed.reservation, claimed.image_id, claimed.durable_chunks) == (held, image_id, 3)
+    assert claimed.durable_bytes == 3 * 4112 and claimed.header == b"header" + upload_id
+    with pytest.raises(TryLaterError):  # now host:2 holds it
+        catalog.claim_partial(alice.id, upload_id, holder="host:3", expires=LATER, now=now)
+    assert catalog.partial_image_ids() == {image_id}
+    assert [p.image_id for p in catalog.partials_of(alice.id)] == [image_id]
+
+
+def test_a_parked_upload_keeps_its_place_and_quota(catalog: SQLCatalog, alice: User) -> None:
+    held = reserve(catalog, alice, 300, quota=1000, per_user=1, expires=1)  # lapsed at once
+    make_durable(catalog, held, secrets.token_bytes(16))
+    catalog.park_upload(held, LATER)
+    with pytest.raises(TryLaterError):  # a lapsed lease, but resumable: still counts
+        reserve(catalog, alice, 10, quota=1000, per_user=1)
+    evicted = catalog.evict_idle_partial(alice.id, now_ms())
+    assert evicted is not None and evicted.reservation == held
+    assert catalog.evict_idle_partial(alice.id, now_ms()) is None
+    reserve(catalog, alice, 10, quota=1000, per_user=1)
+
+
+def test_a_held_upload_is_never_evicted(catalog: SQLCatalog, alice: User) -> None:
+    held = reserve(catalog, alice, 300)
+    make_durable(catalog, held, secrets.token_bytes(16))
+    assert catalog.evict_idle_partial(alice.id, now_ms()) is None
+
+
+def test_an_upload_id_is_resumable_once_per_user(catalog: SQLCatalog, alice: User) -> None:
+    upload_id = secrets.token_bytes(16)
+    make_durable(catalog, reserve(catalog, alice, 10), upload_id)
+    other = reserve(catalog, alice, 10)
+    assert not catalog.mark_durable(
+        other,
+        image_id=secrets.token_hex(16),
+        upload_id=upload_id,
+        header=b"h",
+        wrapped_key=b"k",
+        chunks=1,
+        sealed_bytes=1,
+        now=now_ms(),
+        until=LATER,
+    )
+
+
+def test_expired_partials_go_once_and_their_rows_with_them(
+    catalog: SQLCatalog, alice: User
+) -> None:
+    soon = now_ms() + 50
+    held = reserve(catalog, alice, 10)
+    image_id = make_durable(catalog, held, secrets.token_bytes(16), until=soon)
+    assert catalog.expire_partials(now_ms()) == []  # held: its lease is live
+    catalog.park_upload(held, soon)
+    assert catalog.expire_partials(soon - 10) == []
+    (expired,) = catalog.expire_partials(soon + 1)
+    assert expired.image_id == image_id
+    assert catalog.expire_partials(soon + 1) == []
+    assert catalog.uploads_in_flight(alice.id) == 0 and catalog.partial_image_ids() == set()
+
+
+def test_a_dead_holders_resumable_uploads_are_parked(catalog: SQLCatalog, alice: User) -> None:
+    resumable = reserve(catalog, alice, 10, holder="host:9")
+    upload_id = secrets.token_bytes(16)
+    make_durable(catalog, resumable, upload_id)
+    reserve(catalog, alice, 10, holder="host:9")
+    assert catalog.drop_reservations("host:9") == 2
+    assert [p.reservation for p in catalog.partials_of(alice.id)] == [resumable]
+    now = now_ms()
+    assert catalog.claim_partial(alice.id, upload_id, holder="h:1", expires=LATER, now=now)
+
+
+def test_stored_upload_finds_the_image_of_a_header(
+    catalog: SQLCatalog, alice: User, bob: User
+) -> None:
+    record = make_record(alice)
+    catalog.add_image(record)
+    assert catalog.stored_upload(alice.id, record.header) == record
+    assert catalog.stored_upload(bob.id, record.header) is None
+    assert catalog.stored_upload(alice.id, record.header + b"x") is None
+
+
+# --- thumbnails (imgshare.store.thumbnails) -----------------------------------------------
+
+
+def test_each_thumbnail_is_claimed_by_one_maker(catalog: SQLCatalog, alice: User) -> None:
+    (first,) = catalog.list_images(alice.id)
+    second = make_record(alice)
+    catalog.add_image(second)
+    now = now_ms()
+    assert catalog.pending_thumbnails() == 2
+    claimed = catalog.claim_thumbnail(now, now + 60_000)
+    assert claimed is not None and claimed.id in {first.id, second.id}
+    other = catalog.claim_thumbnail(now, now + 60_000)
+    assert other is not None and other.id != claimed.id
+    assert catalog.claim_thumbnail(now, now + 60_000) is None  # both held
+    again = catalog.claim_thumbnail(now + 60_001, now + 120_000)  # a lapsed claim
+    assert again is not None
+    assert catalog.set_thumbnail(claimed.id, 1) and catalog.set_thumbnail(other.id, 2)
+    assert catalog.thumbnail_state(claimed.id) == 1 and catalog.thumbnail_state(other.id) == 2
+    assert catalog.claim_thumbnail(now + 10**9, now + 10**9) is None
+    assert catalog.pending_thumbnails() == 0
+    catalog.delete_image(claimed.id)
+    assert catalog.thumbnail_state(claimed.id) is None
+    assert not catalog.set_thumbnail(claimed.id, 1)  # gone: the maker removes its file

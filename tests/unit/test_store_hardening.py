@@ -163,7 +163,7 @@ def test_version_1_catalog_migrates_keeping_everything(catalog_path: Path) -> No
         catalog.audit("login", "alice", "192.0.2.1", 3000, method="password")
         (event,) = catalog.audit_events(user_name="alice")
         assert (event.event, event.detail) == ("login", {"method": "password"})
-    assert user_version(catalog_path) == SCHEMA_VERSION == 4
+    assert user_version(catalog_path) == SCHEMA_VERSION == 5
     with SQLiteCatalog(catalog_path) as reopened:  # opening again changes nothing
         assert len(reopened.list_users()) == 3
         assert reopened.get_image(record.id) == record

@@ -525,8 +525,8 @@ class BadCases:
         too_big = dataclasses.replace(self.up.header, size=1 << 40)
         for name, plaintext, code, description in (
             ("unknown_message_type", b"\x50", "UNEXPECTED_MESSAGE", "a message of type 0x50"),
-            ("message_reserved_unsupported", b"\x12" + bytes(16), "UNSUPPORTED",
-             "UPLOAD_RESUME (0x12) is reserved in v1"),
+            ("message_resume_short", b"\x12" + bytes(16), "MALFORMED",
+             "an UPLOAD_RESUME (0x12) too short for its content key"),
             ("message_empty", b"", "MALFORMED", "a sealed record with no plaintext at all"),
             ("message_trailing_bytes", sealed(ev.Login(USERNAME, PASSWORD), b"\x00"),
              "MALFORMED", "a Login message with one byte too many"),

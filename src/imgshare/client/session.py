@@ -14,13 +14,12 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import TYPE_CHECKING, NamedTuple, Self
 
 from cryptography import x509
 
@@ -30,12 +29,20 @@ from imgshare.errors import (
     ConfigError,
     HandshakeError,
     ImgshareError,
+    IntegrityError,
     PeerError,
     ProtocolError,
     RemoteProtocolError,
     TransportError,
 )
-from imgshare.protocol import ClientConnection, Group, PinnedCertificate, StreamOpener, StreamSealer
+from imgshare.protocol import (
+    ClientConnection,
+    Group,
+    PinnedCertificate,
+    StreamOpener,
+    StreamSealer,
+    UploadHeader,
+)
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import (
     DEFAULT_CHUNK_SIZE,
@@ -49,9 +56,14 @@ from imgshare.protocol.constants import (
     ListScope,
 )
 from imgshare.protocol.keys import ServerVerifier, VerifyingKey, public_key_of
+from imgshare.protocol.state import State
 from imgshare.protocol.stream import new_upload
 from imgshare.safetext import safe_filename
 from imgshare.store.blobs import AtomicFile
+
+if TYPE_CHECKING:
+    from imgshare.client import diagnose
+    from imgshare.client.resume import ResumeStore
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +109,9 @@ class UploadResult:
     hmac: str
     server_time_ms: int
     receipt: ev.Receipt
+    #: DER of the certificate that signed the session (and so the receipt): a receipt
+    #: kept as proof needs it (docs/protocol.md, section 7.5).
+    server_certificate: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -156,19 +171,29 @@ class ClientSession:
         group: Group = Group.X25519,
         timeout: float = 60.0,
         token: str | None = None,
+        connect_timeout: float | None = None,
+        setup: diagnose.Setup | None = None,
     ) -> ClientSession:
         """Connect, do TLS and the application handshake; with ``token``, also log in
         with it, sent in the same flight as the handshake's last message (one write and
         one wake-up fewer on both sides: a new session costs that much less).
 
         Without ``verifier`` the application layer trusts exactly the certificate the
-        TLS connection presented. Raises ``TransportError``, ``HandshakeError``, and
-        with ``token`` whatever ``token_login`` raises.
+        TLS connection presented. ``connect_timeout`` (default
+        ``diagnose.CONNECT_TIMEOUT``, 10 s; at most ``timeout``) bounds each step of
+        getting connected: TCP, TLS, the application handshake; then ``timeout`` bounds
+        each wait for an answer. Raises ``TransportError`` saying what failed and what
+        to do (``imgshare.client.diagnose``: ``setup`` names the files the caller used),
+        ``HandshakeError``, and with ``token`` whatever ``token_login`` raises.
         """
+        from imgshare.client import diagnose
+
+        step = diagnose.CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+        step = min(timeout, step)
         try:
-            raw = socket.create_connection((host, port), timeout=timeout)
+            raw = socket.create_connection((host, port), timeout=step)
         except OSError as exc:
-            raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+            raise diagnose.connect_failed(exc, host, port, step) from exc
         # Small writes back to back (Finished, then LOGIN) must not wait for a delayed
         # ACK: measured 170 -> 513 sessions/s.
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -176,7 +201,7 @@ class ClientSession:
             sock = ssl_context.wrap_socket(raw, server_hostname=host.strip("[]"))
         except (ssl.SSLError, OSError) as exc:
             raw.close()
-            raise TransportError(f"TLS with {host}:{port} failed: {_reason(exc)}") from exc
+            raise diagnose.tls_failed(exc, host, port, ssl_context, setup, step) from exc
         if verifier is None:
             peer = sock.getpeercert(binary_form=True)
             if not peer:
@@ -185,7 +210,11 @@ class ClientSession:
             verifier = PinnedCertificate(peer)
         session = cls(sock, ClientConnection(verifier, group=group))
         try:
-            session._handshake()
+            try:
+                session._handshake()
+            except (TransportError, ProtocolError) as exc:
+                raise diagnose.handshake_failed(exc, host, port, setup, step) from exc
+            sock.settimeout(timeout)
             if token is not None:
                 session._token_login_in_flight(token)
             else:
@@ -416,6 +445,70 @@ class ClientSession:
             if not page.images:
                 raise ProtocolError("an empty page with more to come", ErrorCode.MALFORMED)
 
+    # -- uploads ---------------------------------------------------------------------
+
+    @property
+    def server_certificate(self) -> bytes:
+        """DER of the certificate that signed this session's handshake: a receipt kept
+        as proof needs it (docs/protocol.md, section 7.5)."""
+        return self._conn.server_certificate
+
+    @property
+    def ready(self) -> bool:
+        """Whether the session can take a request: not closed (by ``close``, or by a
+        fatal error of either side) and not in the middle of an upload or download."""
+        return self._conn.state is State.IDLE and self._sock.fileno() != -1
+
+    def server_info(self) -> ev.ServerInfo:
+        """The server's limits (SERVER_INFO), asked with INFO; allowed before logging
+        in. A client checks sizes against ``max_image_size`` before it sends: an
+        UPLOAD_BEGIN over it ends the connection (fatal TOO_LARGE)."""
+        answer = self._ask(ev.Info(), ev.ServerInfo)
+        assert isinstance(answer, ev.ServerInfo)
+        return answer
+
+    def begin_upload(
+        self,
+        path: Path,
+        name: str | None = None,
+        chunk_size: int | None = None,
+        *,
+        sha256: bool = False,
+        data: bytes | None = None,
+    ) -> OutgoingUpload:
+        """Start sending one image (UPLOAD_BEGIN, answered UPLOAD_READY); return the
+        upload, to be driven with ``send_chunks`` and ``finish``.
+
+        ``data``: send these bytes instead of the file's (the file with its metadata
+        stripped, say), under the name of ``path``. ``chunk_size`` defaults to 256 KiB,
+        or 1 MiB for images over 16 MiB (fewer, larger chunks cost less per byte on
+        both sides; small images keep memory low on a server that receives hundreds at
+        once). ``sha256=True`` also computes a plain SHA-256 for people and tools (a
+        second hash pass; the HMAC is the protocol's check). Raises ``PeerError`` when
+        the server refuses to start (TRY_LATER after ``retry_for``, QUOTA_EXCEEDED,
+        a fatal TOO_LARGE), ``ImgshareError`` for a file that cannot be read or is
+        empty.
+        """
+        handle: io.BufferedIOBase
+        if data is not None:
+            handle, size = io.BytesIO(data), len(data)
+        else:
+            handle = _open_image(path)
+            size = os.fstat(handle.fileno()).st_size
+        try:
+            if size == 0:
+                raise ImgshareError(f"{path} is empty")
+            if chunk_size is None:
+                chunk_size = MAX_CHUNK_SIZE if size > BIG_FILE else DEFAULT_CHUNK_SIZE
+            header, content_key = new_upload(
+                clean_name(path.name if name is None else name), size, os.urandom, chunk_size
+            )
+            self._ask(ev.UploadBegin(header, content_key), ev.UploadReady)
+        except BaseException:
+            handle.close()
+            raise
+        return OutgoingUpload(self, path, handle, header, content_key, sha256=sha256)
+
     def upload(
         self,
         path: Path,
@@ -423,57 +516,99 @@ class ClientSession:
         chunk_size: int | None = None,
         *,
         sha256: bool = False,
+        data: bytes | None = None,
+        progress: Callable[[int], None] | None = None,
+        resume_store: ResumeStore | None = None,
     ) -> UploadResult:
         """Send one image file end to end; return the checked receipt.
 
-        ``chunk_size`` defaults to 256 KiB, or 1 MiB for files over 16 MiB (fewer,
-        larger chunks cost less per byte on both sides; small images keep memory low
-        on a server that receives hundreds at once). The HMAC is the protocol's
-        integrity check; ``sha256=True`` also computes a
-        plain SHA-256 of the file for people and tools (it costs a second hash pass).
+        ``begin_upload`` says what the arguments do; ``progress(bytes_sent)`` is called
+        after each chunk is written. With ``resume_store`` (and no ``data``), an upload
+        cut off earlier goes on where the server kept it (``begin_resumable_upload``).
         Raises ``PeerError`` if the server refuses it (not an image, quota...),
         ``ImgshareError`` subclasses for everything else.
         """
-        with _open_image(path) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size == 0:
-                raise ImgshareError(f"{path} is empty")
-            if chunk_size is None:
-                chunk_size = MAX_CHUNK_SIZE if size > BIG_FILE else DEFAULT_CHUNK_SIZE
-            header, content_key = new_upload(
-                clean_name(name or path.name), size, os.urandom, chunk_size
+        if resume_store is not None and data is None:
+            outgoing = self.begin_resumable_upload(
+                path, resume_store, name, chunk_size, sha256=sha256
             )
-            self._ask(ev.UploadBegin(header, content_key), ev.UploadReady)
-            sealer = StreamSealer(header, content_key)
-            digest = hashlib.sha256() if sha256 else None
-            # Two buffers reused for every chunk (no fresh pages, no copies): the file is
-            # read into one and sealed into the other, behind room for the record header.
-            plain = memoryview(bytearray(min(chunk_size, size)))
-            record = memoryview(bytearray(RECORD_HEADER_SIZE + len(plain) + TAG_SIZE))
-            for index in range(header.chunk_count):
-                plaintext = plain[: header.plaintext_length(index)]
-                if handle.readinto(plaintext) != len(plaintext):
-                    raise ImgshareError(f"{path} changed while it was being sent")
-                if digest is not None:
-                    digest.update(plaintext)
-                sealed = sealer.seal(plaintext, into=record[RECORD_HEADER_SIZE:])
-                chunk = ev.Chunk(index, sealed, index == header.chunk_count - 1)
-                record[:RECORD_HEADER_SIZE] = self._conn.send_chunk_header(chunk)
-                self._write(record[: RECORD_HEADER_SIZE + len(sealed)])
-            mac = sealer.finish()
-        log.info("HMAC of image on client side: %s", mac.hex())
-        self._request(ev.UploadEnd(mac))
-        receipt = self._answer(ev.Receipt)
-        assert isinstance(receipt, ev.Receipt)  # its signature and fields were checked
-        return UploadResult(
-            id=receipt.body.image_id.hex(),
-            name=header.name,
-            size=size,
-            sha256=digest.hexdigest() if digest is not None else None,
-            hmac=mac.hex(),
-            server_time_ms=receipt.body.server_time_ms,
-            receipt=receipt,
+        else:
+            outgoing = self.begin_upload(path, name, chunk_size, sha256=sha256, data=data)
+        with outgoing as upload:
+            upload.send_chunks(progress=progress)
+            return upload.finish()
+
+    # -- resumable uploads and thumbnails (issue 12; docs/protocol.md, 7.10 and 7.11) --
+
+    def start_upload(self, header: UploadHeader, content_key: bytes) -> int:
+        """UPLOAD_BEGIN with this header and content key (fresh ones: ``new_upload``);
+        return the first chunk to send (0). Raises ``PeerError`` (TRY_LATER after
+        ``retry_for``, QUOTA_EXCEEDED...)."""
+        answer = self._ask(ev.UploadBegin(header, content_key), ev.UploadReady)
+        assert isinstance(answer, ev.UploadReady)
+        return answer.next_chunk
+
+    def resume_upload(self, header: UploadHeader, content_key: bytes) -> int:
+        """UPLOAD_RESUME of an upload begun with exactly this header and content key;
+        return the first chunk to send: the server has the ones before it (the chunk
+        count: it stored the image already, send only UPLOAD_END). The caller MUST
+        send, under this key, only the plaintext it sent before (section 7.10).
+        Raises ``PeerError``: NOT_FOUND (begin a new upload, with a new key),
+        TRY_LATER after ``retry_for`` (another connection still holds it)."""
+        answer = self._ask(ev.UploadResume(header, content_key), ev.UploadReady)
+        assert isinstance(answer, ev.UploadReady)
+        return answer.next_chunk
+
+    def begin_resumable_upload(
+        self,
+        path: Path,
+        resume_store: ResumeStore,
+        name: str | None = None,
+        chunk_size: int | None = None,
+        *,
+        sha256: bool = False,
+        must_resume: bool = False,
+    ) -> OutgoingUpload:
+        """Like ``begin_upload``, for an upload that can survive a broken connection,
+        a killed client or Ctrl-C: a file of at least ``resume_store.min_size`` gets a
+        resume record (its chunks' digests and the content key) before UPLOAD_BEGIN;
+        when a record exists, the file is hashed again and, if unchanged, the upload is
+        resumed where the server kept it (``next_chunk`` of the returned upload); if the
+        file changed, or the server no longer has the upload, a new one begins with a
+        new content key. Every chunk is checked against its digest before it is
+        sealed. The record goes once the server stored or refused the image.
+
+        ``must_resume``: only go on with a recorded upload; raise ``NotResumable``
+        (``imgshare.client.resume``) rather than begin a new one. Raises as
+        ``begin_upload`` and ``resume_upload``, and ``ImgshareError`` when the record
+        cannot be written."""
+        from imgshare.client.resume import NotResumable, open_upload
+
+        size = _file_size(path)
+        if size < max(1, resume_store.min_size):
+            if must_resume:
+                raise NotResumable(f"{path} is too small to have a resume record")
+            return self.begin_upload(path, name, chunk_size, sha256=sha256)
+        if self.username is None:
+            raise ConfigError("log in before a resumable upload (its record names the user)")
+        if chunk_size is None:
+            chunk_size = MAX_CHUNK_SIZE if size > BIG_FILE else DEFAULT_CHUNK_SIZE
+        label = clean_name(path.name if name is None else name)
+        return open_upload(
+            self, path, resume_store, label, chunk_size, sha256=sha256, must_resume=must_resume
         )
+
+    def thumbnail_data(self, image_id: str) -> ev.ThumbnailData:
+        """The thumbnail of an image we may download (ours, or shared with us): at
+        most 256 px, no metadata, ``media_type`` image/jpeg or image/png. Raises
+        ``PeerError`` (NOT_FOUND: no such image for us, or none can be made)."""
+        answer = self._ask(ev.Thumbnail(image_id_bytes(image_id)), ev.ThumbnailData)
+        assert isinstance(answer, ev.ThumbnailData)
+        return answer
+
+    def thumbnail(self, image_id: str) -> bytes:
+        """The bytes of ``thumbnail_data(image_id)``: a JPEG or PNG file."""
+        return self.thumbnail_data(image_id).data
 
     def download(
         self,
@@ -589,14 +724,149 @@ def clean_name(name: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
+    """OpenSSL's short reason, else the OS's, else the text (``diagnose.reason``)."""
+    from imgshare.client.diagnose import reason
+
+    return reason(exc)
 
 
-@contextmanager
-def _open_image(path: Path) -> Iterator[io.BufferedReader]:
+def _open_image(path: Path) -> io.BufferedReader:
     try:
-        handle = path.open("rb")
+        return path.open("rb")
     except OSError as exc:
         raise ImgshareError(f"cannot read {path}: {exc.strerror}") from exc
-    with handle:
-        yield handle
+
+
+class OutgoingUpload:
+    """One upload in flight on a session, driven step by step: ``send_chunks`` (as
+    many as wanted), then ``finish`` for the checked receipt.
+
+    Why steps: the API reports progress and stops at Ctrl-C between chunks, and tests
+    stop an upload at a chosen chunk without private members. Until ``finish``
+    returns, the session is busy with this upload and can carry no other request; an
+    upload left half-sent leaves the session unusable: close it, and the server
+    discards what arrived. The content key stays here, for resuming once the protocol
+    has it (docs/protocol.md, section 7.5). Not thread-safe; close it (or ``with``).
+    """
+
+    def __init__(
+        self,
+        session: ClientSession,
+        path: Path,
+        source: io.BufferedIOBase,
+        header: UploadHeader,
+        content_key: bytes,
+        *,
+        sha256: bool = False,
+    ) -> None:
+        self.session = session
+        self.path = path
+        self.header = header
+        self._content_key = content_key
+        self._source = source
+        self._sealer = StreamSealer(header, content_key)
+        self._digest = hashlib.sha256() if sha256 else None
+        self._next = 0
+        #: Plaintext bytes sent so far.
+        self.sent = 0
+        #: Whether UPLOAD_END went out: from then on the server may store the image
+        #: even if the answer is lost, so sending it again could make a second copy.
+        self.end_sent = False
+        # Two buffers reused for every chunk (no fresh pages, no copies): the file is
+        # read into one and sealed into the other, behind room for the record header.
+        self._plain = memoryview(bytearray(min(header.chunk_size, header.size)))
+        self._record = memoryview(bytearray(RECORD_HEADER_SIZE + len(self._plain) + TAG_SIZE))
+
+    @property
+    def size(self) -> int:
+        return int(self.header.size)
+
+    @property
+    def chunk_count(self) -> int:
+        return int(self.header.chunk_count)
+
+    @property
+    def next_chunk(self) -> int:
+        """The index of the next chunk to send (``chunk_count`` once all are sent)."""
+        return self._next
+
+    def send_chunks(
+        self, count: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Send the next ``count`` chunks (None: all that are left); return how many
+        went. ``progress(bytes_sent)`` is called after each. Raises ``ImgshareError``
+        when the file changed size while it was sent, ``TransportError`` when the
+        connection fails."""
+        left = self.chunk_count - self._next
+        count = left if count is None else max(0, min(count, left))
+        for _ in range(count):
+            index = self._next
+            plaintext = self._plain[: self.header.plaintext_length(index)]
+            if self._source.readinto(plaintext) != len(plaintext):
+                raise ImgshareError(f"{self.path} changed while it was being sent")
+            if self._digest is not None:
+                self._digest.update(plaintext)
+            sealed = self._sealer.seal(plaintext, into=self._record[RECORD_HEADER_SIZE:])
+            chunk = ev.Chunk(index, sealed, index == self.chunk_count - 1)
+            self._record[:RECORD_HEADER_SIZE] = self.session._conn.send_chunk_header(chunk)
+            self.session._write(self._record[: RECORD_HEADER_SIZE + len(sealed)])
+            self._next += 1
+            self.sent += len(plaintext)
+            if progress is not None:
+                progress(self.sent)
+        return count
+
+    def finish(self) -> UploadResult:
+        """Send the chunks left and UPLOAD_END with the HMAC; return the receipt, whose
+        signature, upload id, size, HMAC and header hash were checked, and whose owner
+        must be the user this session logged in as (section 7.5: otherwise
+        ``IntegrityError``, and the session is closed). Raises ``PeerError`` when the
+        server refuses the image (NOT_AN_IMAGE, QUOTA_EXCEEDED, STORAGE_FAILED)."""
+        self.send_chunks()
+        mac = self._sealer.finish()
+        self.close()
+        log.info("HMAC of image on client side: %s", mac.hex())
+        self.end_sent = True
+        self.session._request(ev.UploadEnd(mac))
+        receipt = self.session._answer(ev.Receipt)
+        assert isinstance(receipt, ev.Receipt)  # its signature and fields were checked
+        owner = self.session.username
+        if owner is not None and receipt.body.username != owner:
+            self.session.close()
+            raise IntegrityError(
+                f"the server's receipt names {receipt.body.username!r} as the owner, not "
+                f"{owner!r}, the user this session logged in as",
+                ErrorCode.INTEGRITY_FAILED,
+            )
+        return UploadResult(
+            id=receipt.body.image_id.hex(),
+            name=self.header.name,
+            size=self.size,
+            sha256=self._digest.hexdigest() if self._digest is not None else None,
+            hmac=mac.hex(),
+            server_time_ms=receipt.body.server_time_ms,
+            receipt=receipt,
+            server_certificate=self.session.server_certificate,
+        )
+
+    def close(self) -> None:
+        """Close the file; the session is left as it is."""
+        self._source.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise ImgshareError(f"cannot read {path}: {exc.strerror}") from exc

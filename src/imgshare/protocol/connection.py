@@ -101,6 +101,7 @@ class _Connection:
         self._send_cipher: keys.SessionCipher | None = None
         self._recv_cipher: keys.SessionCipher | None = None
         self._stream: UploadHeader | None = None  # the image currently streaming
+        self._resuming = False  # the stream is an upload resumed by UPLOAD_RESUME
         self._chunk_index = 0
         self._transcript: list[bytes] = []
         self._version = 0
@@ -322,16 +323,31 @@ class _Connection:
             if remote:
                 raise _unexpected(f"{type(event).__name__} in state '{self.state.value}'")
             raise _illegal(self.state, type(event).__name__)
-        if isinstance(event, ev.UploadBegin | ev.DownloadBegin):
+        if isinstance(event, ev.UploadBegin | ev.UploadResume | ev.DownloadBegin):
             self._start_stream(event.header, remote=remote)
-        elif isinstance(event, ev.UploadReady) and event.next_chunk != 0:
-            if remote:  # resuming is reserved (spec 7.5): v1 always starts at chunk 0
-                raise RemoteProtocolError("UPLOAD_READY next_chunk must be 0", ErrorCode.MALFORMED)
-            raise LocalProtocolError("UploadReady.next_chunk must be 0 in protocol v1")
+            self._resuming = isinstance(event, ev.UploadResume)
+        elif isinstance(event, ev.UploadReady):
+            self._chunk_index = self._check_ready(event.next_chunk, remote=remote)
+            if self._stream is not None and self._chunk_index == self._stream.chunk_count:
+                following = State.UPLOADED  # resumed with every chunk durable already
         elif isinstance(event, ev.Chunk):
             self._check_chunk(event, remote=remote)
             self._chunk_index += 1
         self.state = following
+
+    def _check_ready(self, next_chunk: int, *, remote: bool) -> int:
+        """UPLOAD_READY's ``next_chunk``: 0 after UPLOAD_BEGIN, at most the chunk count
+        after UPLOAD_RESUME (spec 7.10); else MALFORMED (LocalProtocolError to send)."""
+        stream = self._stream
+        limit = stream.chunk_count if self._resuming and stream is not None else 0
+        if next_chunk > limit:
+            what = "at most the chunk count" if self._resuming else "0 after UPLOAD_BEGIN"
+            if remote:
+                raise RemoteProtocolError(
+                    f"UPLOAD_READY next_chunk must be {what}", ErrorCode.MALFORMED
+                )
+            raise LocalProtocolError(f"UploadReady.next_chunk must be {what}")
+        return next_chunk
 
     def _start_stream(self, header: UploadHeader, *, remote: bool) -> None:
         if remote and header.size > self.limits.max_image_size:
@@ -502,7 +518,7 @@ class ClientConnection(_Connection):
         data = super().send(event)
         if isinstance(event, ev.UploadEnd):
             self._sent_hmac = event.hmac
-        elif isinstance(event, ev.Download):
+        elif isinstance(event, ev.Download | ev.Thumbnail):
             self._requested_image = event.image_id
         return data
 
@@ -511,6 +527,8 @@ class ClientConnection(_Connection):
             self._check_receipt(event)
         elif isinstance(event, ev.DownloadBegin) and event.image_id != self._requested_image:
             raise _unexpected("download of an image we did not ask for")
+        elif isinstance(event, ev.ThumbnailData) and event.image_id != self._requested_image:
+            raise _unexpected("thumbnail of an image we did not ask for")
 
     def _check_receipt(self, receipt: ev.Receipt) -> None:
         """A receipt must be signed by the handshake's server and match our upload exactly."""

@@ -45,6 +45,9 @@ MAX_TOKEN_NAME_BYTES: Final = 64
 #: What a user name is (docs/protocol.md, section 6.4): lowercase, never case-folded.
 USERNAME_PATTERN: Final = r"[a-z0-9][a-z0-9_.-]{0,31}"
 MAX_PAGE_ENTRIES: Final = 1000  # IMAGE_PAGE, SHARE_LIST and TOKEN_LIST entries
+#: The largest thumbnail THUMBNAIL_DATA carries (a 256 px JPEG is a few KiB).
+MAX_THUMBNAIL_BYTES: Final = 256 * 1024
+MAX_MEDIA_TYPE_BYTES: Final = 64
 
 #: Context strings. Each signature and each derived key has its own, so a value made
 #: for one purpose can never be accepted for another.
@@ -58,6 +61,8 @@ LABEL_CLIENT_FINISHED: Final = b"client finished"
 LABEL_SERVER_FINISHED: Final = b"server finished"
 LABEL_SESSION_ID: Final = b"session id"
 LABEL_IMAGE_HMAC: Final = b"image hmac"
+#: The server's key for an image's sealed thumbnail (never on the wire).
+LABEL_THUMBNAIL_KEY: Final = b"thumbnail key"
 
 
 class RecordType(enum.IntEnum):
@@ -88,7 +93,7 @@ class MessageType(enum.IntEnum):
     INFO = 0x09
     UPLOAD_BEGIN = 0x10
     UPLOAD_END = 0x11
-    UPLOAD_RESUME = 0x12  # reserved for resumable uploads; v1 servers answer UNSUPPORTED
+    UPLOAD_RESUME = 0x12  # continue an upload cut off after some of it became durable
     DOWNLOAD = 0x20
     LIST = 0x21
     SHARE = 0x22
@@ -96,6 +101,7 @@ class MessageType(enum.IntEnum):
     UNSHARE = 0x24
     SHARES = 0x25
     LIST_PAGE = 0x26
+    THUMBNAIL = 0x27
     # server -> client
     OK = 0x80
     LOGIN_OK = 0x81
@@ -109,6 +115,7 @@ class MessageType(enum.IntEnum):
     IMAGE_LIST = 0xA2
     SHARE_LIST = 0xA3
     IMAGE_PAGE = 0xA4
+    THUMBNAIL_DATA = 0xA5
     ERROR = 0xFF
 
 

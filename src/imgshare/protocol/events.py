@@ -149,6 +149,15 @@ class UploadBegin(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class UploadResume(Event):
+    """Continues an upload that a broken connection cut off (docs/protocol.md, 7.10):
+    the same header and content key as its UPLOAD_BEGIN, byte for byte."""
+
+    header: UploadHeader
+    content_key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class UploadEnd(Event):
     hmac: bytes
 
@@ -201,6 +210,13 @@ class ListPage(Event):
     limit: int = MAX_PAGE_ENTRIES
 
 
+@dataclass(frozen=True, slots=True)
+class Thumbnail(Event):
+    """The small picture of an image one may read (docs/protocol.md, 7.11)."""
+
+    image_id: bytes
+
+
 # --- server -> client answers -----------------------------------------------------
 
 
@@ -251,7 +267,8 @@ class ServerInfo(Event):
 
 @dataclass(frozen=True, slots=True)
 class UploadReady(Event):
-    """The server accepts the upload; chunks may follow, starting at ``next_chunk``."""
+    """The server accepts the upload; chunks may follow, starting at ``next_chunk``
+    (0 after UPLOAD_BEGIN; after UPLOAD_RESUME, the first chunk not yet durable)."""
 
     next_chunk: int = 0
 
@@ -351,3 +368,15 @@ class ShareInfo:
 class ShareList(Event):
     image_id: bytes
     shares: tuple[ShareInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbnailData(Event):
+    """An image's thumbnail: ``media_type`` (``image/jpeg`` or ``image/png``) bytes of
+    at most ``MAX_THUMBNAIL_BYTES``, ``width`` x ``height`` pixels, no metadata."""
+
+    image_id: bytes
+    width: int
+    height: int
+    media_type: str
+    data: bytes = field(repr=False)

@@ -18,11 +18,13 @@ from imgshare.protocol.constants import (
     KEY_SIZE,
     MAGIC,
     MAX_LIST_ENTRIES,
+    MAX_MEDIA_TYPE_BYTES,
     MAX_MESSAGE_TEXT_BYTES,
     MAX_NAME_BYTES,
     MAX_PAGE_ENTRIES,
     MAX_PASSWORD_BYTES,
     MAX_RETRY_AFTER_MS,
+    MAX_THUMBNAIL_BYTES,
     MAX_TOKEN_BYTES,
     MAX_TOKEN_NAME_BYTES,
     MAX_USERNAME_BYTES,
@@ -209,12 +211,15 @@ def _fields(event: ev.Event) -> bytes:
             return _text8(name) + codec.u64(expires_ms)
         case ev.TokenRevoke(token_id):
             return codec.u64(token_id)
-        case ev.UploadBegin(header, content_key):
+        case ev.UploadBegin(header, content_key) | ev.UploadResume(header, content_key):
             return content_key + header.encode()
         case ev.UploadEnd(mac) | ev.DownloadEnd(mac):
             return mac
-        case ev.Download(image_id) | ev.Delete(image_id):
+        case ev.Download(image_id) | ev.Delete(image_id) | ev.Thumbnail(image_id):
             return image_id
+        case ev.ThumbnailData(image_id, width, height, media_type, data):
+            sizes = codec.u16(width) + codec.u16(height)
+            return image_id + sizes + _text8(media_type) + codec.u32(len(data)) + data
         case ev.Share(image_id, username, expires_ms):
             return image_id + _text8(username) + codec.u64(expires_ms)
         case ev.Unshare(image_id, username):
@@ -259,6 +264,9 @@ MESSAGE_TYPE_OF: dict[type[ev.Event], MessageType] = {
     ev.TokenLogin: MessageType.TOKEN_LOGIN,
     ev.UploadBegin: MessageType.UPLOAD_BEGIN,
     ev.UploadEnd: MessageType.UPLOAD_END,
+    ev.UploadResume: MessageType.UPLOAD_RESUME,
+    ev.Thumbnail: MessageType.THUMBNAIL,
+    ev.ThumbnailData: MessageType.THUMBNAIL_DATA,
     ev.Download: MessageType.DOWNLOAD,
     ev.ListImages: MessageType.LIST,
     ev.CertLogin: MessageType.CERT_LOGIN,
@@ -404,6 +412,16 @@ def _parse_token(reader: codec.Reader) -> ev.Token:
     return ev.Token(token_id, secret, reader.u64())
 
 
+def _parse_thumbnail(reader: codec.Reader) -> ev.ThumbnailData:
+    image_id = reader.fixed(IMAGE_ID_SIZE)
+    width, height = reader.u16(), reader.u16()
+    media_type = reader.text(reader.var8(), MAX_MEDIA_TYPE_BYTES)
+    length = reader.u32()
+    if length > MAX_THUMBNAIL_BYTES:
+        raise RemoteProtocolError("thumbnail too large", ErrorCode.TOO_LARGE)
+    return ev.ThumbnailData(image_id, width, height, media_type, reader.fixed(length))
+
+
 def _parse_error(reader: codec.Reader) -> ev.Error:
     code = _error_code(reader.u16())
     fatal = reader.u8()
@@ -436,8 +454,15 @@ def _parse_fields(message_type: MessageType, reader: codec.Reader) -> ev.Event:
         case MessageType.UPLOAD_BEGIN:
             key = reader.fixed(KEY_SIZE)
             return ev.UploadBegin(UploadHeader.parse(reader.rest()), key)
+        case MessageType.UPLOAD_RESUME:
+            key = reader.fixed(KEY_SIZE)
+            return ev.UploadResume(UploadHeader.parse(reader.rest()), key)
         case MessageType.UPLOAD_END:
             return ev.UploadEnd(reader.fixed(HMAC_SIZE))
+        case MessageType.THUMBNAIL:
+            return ev.Thumbnail(reader.fixed(IMAGE_ID_SIZE))
+        case MessageType.THUMBNAIL_DATA:
+            return _parse_thumbnail(reader)
         case MessageType.DOWNLOAD:
             return ev.Download(reader.fixed(IMAGE_ID_SIZE))
         case MessageType.DELETE:
@@ -499,7 +524,7 @@ def _parse_fields(message_type: MessageType, reader: codec.Reader) -> ev.Event:
             return _parse_entries(reader)
         case MessageType.ERROR:
             return _parse_error(reader)
-    # Known but reserved (UPLOAD_RESUME in v1): a clear "not implemented".
+    # Known but reserved (none left in v1): a clear "not implemented".
     raise RemoteProtocolError(f"{message_type.name} is not supported", ErrorCode.UNSUPPORTED)
 
 

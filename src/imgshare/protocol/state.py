@@ -36,6 +36,7 @@ class State(enum.Enum):
     AWAIT_TOKENS = "await tokens"
     AWAIT_SHARES = "await shares"
     AWAIT_INFO = "await info"
+    AWAIT_THUMBNAIL = "await thumbnail"
     AWAIT_UPLOAD_READY = "await upload ready"
     UPLOADING = "uploading"
     UPLOADED = "all chunks uploaded"
@@ -57,6 +58,7 @@ TRANSITIONS: dict[tuple[State, Role, type[ev.Event]], State] = {
     (State.IDLE, C, ev.Delete): State.AWAIT_OK,
     (State.IDLE, C, ev.ListImages): State.AWAIT_LIST,
     (State.IDLE, C, ev.UploadBegin): State.AWAIT_UPLOAD_READY,
+    (State.IDLE, C, ev.UploadResume): State.AWAIT_UPLOAD_READY,
     (State.IDLE, C, ev.Download): State.AWAIT_DOWNLOAD,
     (State.IDLE, C, ev.CertLogin): State.AWAIT_LOGIN,
     (State.IDLE, C, ev.Passwd): State.AWAIT_OK,
@@ -67,6 +69,7 @@ TRANSITIONS: dict[tuple[State, Role, type[ev.Event]], State] = {
     (State.IDLE, C, ev.Shares): State.AWAIT_SHARES,
     (State.IDLE, C, ev.ListPage): State.AWAIT_PAGE,
     (State.IDLE, C, ev.Info): State.AWAIT_INFO,
+    (State.IDLE, C, ev.Thumbnail): State.AWAIT_THUMBNAIL,
     (State.AWAIT_LOGIN, S, ev.LoginOk): State.IDLE,
     (State.AWAIT_OK, S, ev.Ok): State.IDLE,
     (State.AWAIT_LIST, S, ev.ImageList): State.IDLE,
@@ -75,6 +78,7 @@ TRANSITIONS: dict[tuple[State, Role, type[ev.Event]], State] = {
     (State.AWAIT_TOKENS, S, ev.Tokens): State.IDLE,
     (State.AWAIT_SHARES, S, ev.ShareList): State.IDLE,
     (State.AWAIT_INFO, S, ev.ServerInfo): State.IDLE,
+    (State.AWAIT_THUMBNAIL, S, ev.ThumbnailData): State.IDLE,
     (State.AWAIT_UPLOAD_READY, S, ev.UploadReady): State.UPLOADING,
     (State.UPLOADING, C, ev.Chunk): State.UPLOADING,
     (State.UPLOADED, C, ev.UploadEnd): State.AWAIT_RECEIPT,
@@ -84,7 +88,8 @@ TRANSITIONS: dict[tuple[State, Role, type[ev.Event]], State] = {
     (State.DOWNLOADED, S, ev.DownloadEnd): State.IDLE,
 }
 
-#: Where the last chunk of a stream leads instead.
+#: Where the last chunk of a stream leads instead (and an UPLOAD_READY of a resumed
+#: upload whose chunks are all durable already: its ``next_chunk`` is the count).
 AFTER_LAST_CHUNK = {State.UPLOADING: State.UPLOADED, State.DOWNLOADING: State.DOWNLOADED}
 
 #: States in which the server answers a request; a non-fatal ERROR answers it too.
@@ -98,6 +103,7 @@ ANSWER_STATES = frozenset(
         State.AWAIT_TOKENS,
         State.AWAIT_SHARES,
         State.AWAIT_INFO,
+        State.AWAIT_THUMBNAIL,
         State.AWAIT_UPLOAD_READY,
         State.AWAIT_RECEIPT,
         State.AWAIT_DOWNLOAD,

@@ -184,6 +184,20 @@ class StreamSealer(_StreamState):
         self.next_index += 1
         return sealed
 
+    def skip(self, plaintext: bytes | bytearray | memoryview) -> None:
+        """Count the next chunk into the HMAC without sealing it: a resumed upload
+        (spec 7.10) passes over the chunks the server holds already. Raises
+        ``LocalProtocolError`` on a wrong length or an extra chunk."""
+        if self.done:
+            raise LocalProtocolError("all chunks of this upload are already sealed")
+        index, _ = self._position()
+        if len(plaintext) != self.header.plaintext_length(index):
+            raise LocalProtocolError(
+                f"chunk {index} must be {self.header.plaintext_length(index)} bytes"
+            )
+        self._mac.update(plaintext)
+        self.next_index += 1
+
     def finish(self) -> bytes:
         """The image HMAC, once every chunk is sealed."""
         if not self.done:

@@ -79,9 +79,11 @@ class Shares:
 # -- things on disk -------------------------------------------------------------------
 
 
-def storage_key(settings: ServerSettings, *, quiet: bool = False) -> StorageKey:
+def storage_key(
+    settings: ServerSettings, *, quiet: bool = False, create: bool = True
+) -> StorageKey:
     """The storage key: from ``IMGSHARE_STORAGE_KEY``, or the key file (made if
-    missing). Raises ``ConfigError``, ``StorageError``."""
+    missing, when ``create``). Raises ``ConfigError``, ``StorageError``."""
     from_env = os.environ.get(STORAGE_KEY_ENV)
     if from_env:
         if not quiet:
@@ -89,6 +91,13 @@ def storage_key(settings: ServerSettings, *, quiet: bool = False) -> StorageKey:
         return storage_key_from_env(from_env)
     path = settings.storage_key_path
     created = not path.exists()
+    if created and not create:
+        raise ConfigError(
+            f"there is no storage key file {path} and {STORAGE_KEY_ENV} is not set, but the "
+            "catalog holds images sealed under a storage key: give this server the same "
+            "key as the others (copy their key file, or set the variable); a new key "
+            "would open none of them"
+        )
     key = load_or_create_storage_key(path)
     if not quiet:
         log.info("storage key %s", "created" if created else "loaded", extra=fields(path=str(path)))
@@ -159,6 +168,16 @@ def store_config(settings: ServerSettings, key: StorageKey | None) -> StoreConfi
         quota_bytes=settings.quota_bytes,
         uploads_per_user=settings.max_uploads_per_user,
         sweep_after=settings.sweep_after,
+        catalog_url=settings.catalog_url,
+        object_store_url=settings.object_store_url,
+        inbox_location=settings.inbox_location,
+        s3_endpoint=settings.s3_endpoint,
+        s3_access_key=settings.s3_access_key,
+        s3_secret_key=settings.s3_secret_key,
+        s3_region=settings.s3_region,
+        catalog_pool=settings.catalog_pool,
+        sync_every=settings.upload_sync_bytes,  # issue 12: resumable uploads
+        resume_for=settings.resume_for,
     )
 
 
@@ -215,7 +234,8 @@ def memory_bound(settings: ServerSettings, workers: int = 1) -> int:
 
 def prepare(settings: ServerSettings) -> tuple[DataFolderLock, DataFolderStore]:
     """Take the data folder for this server: its lock first, then the certificates,
-    the storage key, the store (the catalog migrated) and its writability checked.
+    the store (the catalog migrated, each bucket reached), the storage key checked
+    against the catalog's, and the folders' writability.
 
     Raises ``DataFolderInUse``, ``StorageError``, ``ConfigError``, ``CertificateError``.
     """
@@ -227,16 +247,26 @@ def prepare(settings: ServerSettings) -> tuple[DataFolderLock, DataFolderStore]:
         data, inbox = settings.data, inbox_path(settings.data)
         existing = [p for p in (data / "tmp", data / "objects", inbox / ".tmp") if p.exists()]
         check_writable(data, *existing)
-        store = open_store(store_config(settings, storage_key(settings)))
+        store = open_store(store_config(settings, None))
     except BaseException:
         lock.release()
         raise
+    try:
+        store.check()
+        # A new key only for a catalog that has none: another would open nothing.
+        store.adopt_key(storage_key(settings, create=not store.key_check_recorded()))
+    except BaseException:
+        store.close()
+        lock.release()
+        raise
+    log.info("storage ready", extra=fields(**store.describe()))
     return lock, store
 
 
 def sweep_at_start(store: DataFolderStore) -> None:
-    """The start-up sweep: every leftover of a crash, whatever its age (nothing else
-    can be writing under the data folder's lock, before the workers start)."""
+    """The start-up sweep: every leftover of a crash, whatever its age, where nothing
+    else can be writing (under the data folder's lock, before the workers start); with
+    shared storage, what other nodes may be writing only by age, by one node at a time."""
     report = store.sweep(exclusive=True)
     if not report.clean:
         log.warning("start-up sweep removed leftovers of a crash", extra=fields(report=report))
@@ -264,7 +294,7 @@ def build_service(
         gate=HashGate(shares.hash_slots),
         throttle=LoginThrottle(store.catalog, policy),
     )
-    return Service(
+    service = Service(
         store=store,
         accounts=accounts,
         image_policy=images.ImagePolicy(
@@ -277,6 +307,8 @@ def build_service(
         registrations_per_address=settings.registrations_per_address,
         lock=lock,
     )
+    service.start_thumbnail_maker()  # issue 12: thumbnails after the receipt, when idle
+    return service
 
 
 def network_settings(settings: ServerSettings, shares: Shares) -> NetworkSettings:

@@ -9,10 +9,11 @@ the shares of or delete an image; for anyone else those answer NOT_FOUND too.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import TYPE_CHECKING
 
-from imgshare.errors import ImageError, QuotaError, StorageError, TryLaterError
+from imgshare.errors import ImageError, IntegrityError, QuotaError, StorageError, TryLaterError
 from imgshare.logs import fields
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import (
@@ -23,7 +24,7 @@ from imgshare.protocol.constants import (
     ListScope,
 )
 from imgshare.server.answers import Answers, error, try_later
-from imgshare.server.upload import Upload, buffer_memory
+from imgshare.server.upload import StoredUpload, Upload, buffer_memory
 from imgshare.store import ImageRecord, User
 from imgshare.store.access import MAX_INTEGER
 from imgshare.store.catalog import now_ms
@@ -54,7 +55,9 @@ def upload_begin(session: Session, event: ev.Event) -> Answers:
     service = session.service
     header = event.header
     try:
-        memory = service.upload_memory.hold(buffer_memory(header.chunk_size, header.size))
+        memory = service.upload_memory.hold(
+            buffer_memory(header.chunk_size, header.size) + service.store.writer_memory(header.size)
+        )
     except TryLaterError as exc:
         service.events.event(
             "upload_deferred", f"upload deferred: {exc}", session.peer, user=user.name
@@ -82,6 +85,100 @@ def upload_begin(session: Session, event: ev.Event) -> Answers:
         yield error(ErrorCode.STORAGE_FAILED, "the server cannot store images right now")
         return
     yield ev.UploadReady(0)
+
+
+def _deferred(session: Session, exc: TryLaterError) -> ev.Error:
+    session.service.events.event(
+        "upload_deferred", f"upload deferred: {exc}", session.peer, user=session.me.name
+    )
+    return try_later(exc)
+
+
+def upload_resume(session: Session, event: ev.Event) -> Answers:
+    """Take up an upload a broken connection cut off (docs/protocol.md, 7.10): the
+    user's own, with exactly the header and content key it began with. Anything
+    else, and an upload that expired or was dropped, is NOT_FOUND: the client then
+    begins a new upload."""
+    assert isinstance(event, ev.UploadResume)
+    user = session.me
+    service = session.service
+    header = event.header
+    try:
+        memory = service.upload_memory.hold(
+            buffer_memory(header.chunk_size, header.size) + service.store.writer_memory(header.size)
+        )
+    except TryLaterError as exc:
+        yield _deferred(session, exc)
+        return
+    try:
+        pending = service.store.resume(user, header, event.content_key)
+    except TryLaterError as exc:  # still held by a connection that has not noticed yet
+        memory.release()
+        yield _deferred(session, exc)
+        return
+    except StorageError as exc:
+        memory.release()
+        log.error("cannot resume an upload: %s", exc, extra=fields(user=user.name))
+        yield error(ErrorCode.STORAGE_FAILED, "the server cannot store images right now")
+        return
+    if pending is None:
+        memory.release()
+        stored = _stored_upload(session, event)
+        if stored is not None:  # finished while its client was gone: no second copy
+            session.upload = stored
+            chunks = event.header.chunk_count
+            log.info("resumed upload was stored already", extra=fields(id=stored.record.id))
+            yield ev.UploadReady(chunks)
+            return
+        yield error(ErrorCode.NOT_FOUND, "no such upload to resume: begin it again")
+        return
+    upload = Upload(service, event, pending, memory)
+    try:
+        next_chunk = upload.rebuild()
+    except (IntegrityError, ImageError, StorageError) as exc:
+        upload.abort()
+        log.warning("upload cannot be resumed: %s", exc, extra=fields(user=user.name))
+        yield error(ErrorCode.NOT_FOUND, "no such upload to resume: begin it again")
+        return
+    session.upload = upload
+    log.info(
+        "upload resumed",
+        extra=fields(
+            user=user.name, upload=header.upload_id.hex(), next_chunk=next_chunk, peer=session.peer
+        ),
+    )
+    yield ev.UploadReady(next_chunk)
+
+
+def _stored_upload(session: Session, event: ev.UploadResume) -> StoredUpload | None:
+    """The user's image stored from exactly this header and content key, if any."""
+    store = session.service.store
+    header = event.header.encode()
+    record = store.catalog.stored_upload(session.me.id, header)
+    if record is None:
+        return None
+    try:
+        key = store.key.unwrap(record.wrapped_key, bytes.fromhex(record.id))
+    except StorageError:
+        return None
+    if not hmac.compare_digest(key, event.content_key):
+        return None
+    return StoredUpload(record, header, session.me)
+
+
+def thumbnail(session: Session, event: ev.Event) -> Answers:
+    """The thumbnail of an image the user may read (the same rule as DOWNLOAD), made
+    now if it was not yet."""
+    assert isinstance(event, ev.Thumbnail)
+    user = session.me
+    service = session.service
+    record = service.catalog.readable_image(event.image_id.hex(), user.id, now_ms())
+    thumb = service.thumbnails.get(record) if record is not None else None
+    if thumb is None:
+        message = _NOT_FOUND if record is None else "this image has no thumbnail"
+        yield error(ErrorCode.NOT_FOUND, message)
+        return
+    yield ev.ThumbnailData(event.image_id, thumb.width, thumb.height, thumb.media_type, thumb.data)
 
 
 def upload_end(session: Session, event: ev.Event) -> Answers:

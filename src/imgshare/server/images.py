@@ -79,7 +79,7 @@ import threading
 import warnings
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, BinaryIO
@@ -280,6 +280,36 @@ def _validate(fp: BinaryIO, policy: ImagePolicy) -> ImageInfo:
         _current.policy, _current.warned = None, []
     mime, extension = KNOWN_FORMATS[fmt]
     return ImageInfo(fmt, width, height, mime, extension, frames)
+
+
+@contextmanager
+def opened_image(fp: BinaryIO, policy: ImagePolicy) -> Iterator[ImageFile.ImageFile]:
+    """An image that passed ``validate_image``, opened to read its pixels (a
+    thumbnail): the same plugins and allow-list, and the same warnings stand-in, so a
+    frame over the pixel limit still stops before it is allocated. Pillow's errors
+    inside the block become ``ImageError``."""
+    _init_pillow()
+    _current.policy, _current.warned = policy, []
+    try:
+        with _pillow_errors():
+            _, im = _identify(fp, policy)
+        with im, _pillow_errors():
+            yield im
+    finally:
+        _current.policy, _current.warned = None, []
+
+
+def check_pixels(width: int, height: int, policy: ImagePolicy) -> None:
+    """Raise ``ImageError`` if a frame of ``width`` x ``height`` is over the policy."""
+    _check_pixels(width, height, policy)
+
+
+def decode_memory(
+    policy: ImagePolicy, pixels: int, image_format: str
+) -> AbstractContextManager[None]:
+    """Hold the policy's decode memory for decoding ``pixels`` of ``image_format``."""
+    per_pixel = DECODE_BYTES_PER_PIXEL.get(image_format, _MOST_BYTES_PER_PIXEL)
+    return _decode_memory(policy, pixels * per_pixel)
 
 
 # --- Pillow's warnings: one verdict whatever the warnings filter (module docstring) ---

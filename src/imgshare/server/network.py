@@ -28,7 +28,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from imgshare.errors import IntegrityError, LocalProtocolError, RemoteProtocolError, StorageError
+from imgshare.errors import (
+    IntegrityError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    StorageError,
+    StorageUnavailable,
+)
 from imgshare.logs import SummarizedLog, fields
 from imgshare.protocol import Limits, ServerConnection, State
 from imgshare.protocol import events as ev
@@ -54,6 +60,8 @@ LEASE_RENEWAL_INTERVAL = 30.0
 #: How often the accept loop clears expired shares out (they stop working at once).
 SHARE_EXPIRY_INTERVAL = 30.0
 TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING})
+#: What a client hears when the catalog's database or the object store is down.
+UNAVAILABLE = "the server's storage (its database or object store) is unreachable: try again later"
 _NO_KEYS = frozenset({State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED, State.CLOSED})
 
 
@@ -315,6 +323,9 @@ class ConnectionHandler:
         elif isinstance(exc, IntegrityError):
             log.info("integrity failure: %s", exc, extra=fields(peer=self.peer))
             error = ev.Error(ErrorCode.INTEGRITY_FAILED, str(exc), fatal=True)
+        elif isinstance(exc, StorageUnavailable):
+            log.error("storage failure: %s", exc, extra=fields(peer=self.peer))
+            error = ev.Error(ErrorCode.STORAGE_FAILED, UNAVAILABLE, fatal=True)
         else:
             log.error("storage failure: %s", exc, extra=fields(peer=self.peer))
             error = ev.Error(ErrorCode.STORAGE_FAILED, "storage failed", fatal=True)
@@ -360,9 +371,22 @@ class ConnectionHandler:
         self.busy = True
         self._logging_in = type(event) in Session.OPEN_REQUESTS
         self._meter.restart()  # a new request: a transfer, if any, starts now
+        answered = False
         try:
             for answer in session.handle(event):
+                answered = True
                 self._send(conn, answer)
+        except StorageUnavailable as exc:
+            if answered:  # a download cut off mid-way: the session cannot go on
+                self._fatal(conn, exc)
+                return False
+            log.warning("request not served: %s", exc, extra=fields(peer=self.peer))
+            if isinstance(event, ev.UploadEnd):  # the image is not stored: drop all of it
+                session.close()
+                failed = f"the server could not store the image: {UNAVAILABLE}"
+                self._send(conn, ev.Error(ErrorCode.STORAGE_FAILED, failed, fatal=False))
+            else:  # nothing was done: a client that retries TRY_LATER rides it out
+                self._send(conn, ev.Error(ErrorCode.TRY_LATER, UNAVAILABLE, retry_after_ms=2000))
         except (IntegrityError, StorageError) as exc:
             self._fatal(conn, exc)
             return False

@@ -17,6 +17,7 @@ from imgshare.server.accounts import Accounts
 from imgshare.server.audit import AuditTrail
 from imgshare.server.credentials import Tokens
 from imgshare.server.threads import ThreadReuse
+from imgshare.server.thumbnails import ThumbnailMaker, Thumbnails
 from imgshare.server.uploads import MemoryBudget
 from imgshare.store import Catalog, ImageStore
 from imgshare.store.lock import DataFolderLock
@@ -52,6 +53,23 @@ class Service:
     )
     #: The data folder's lock, held until ``close``.
     lock: DataFolderLock | None = None
+    _thumbnails: Thumbnails | None = field(default=None, init=False, repr=False)
+    _maker: ThumbnailMaker | None = field(default=None, init=False, repr=False)
+
+    @property
+    def thumbnails(self) -> Thumbnails:
+        """Makes and reads thumbnails (imgshare.server.thumbnails)."""
+        if self._thumbnails is None:
+            self._thumbnails = Thumbnails(self.store, self.image_policy, self.validations)
+        return self._thumbnails
+
+    def start_thumbnail_maker(self) -> None:
+        """Make the thumbnails nobody has made yet, on a thread of this process's own
+        that works only while the process receives no upload (idempotent)."""
+        if self._maker is None and self.thumbnails.enabled:
+            self._maker = ThumbnailMaker(self.thumbnails, lambda: self.upload_memory.used == 0)
+            self._maker.start()
+
     #: Security events on their way to the catalog (``imgshare.server.audit``).
     audit: AuditTrail = field(init=False)
 
@@ -68,6 +86,9 @@ class Service:
 
     def close(self) -> None:
         """Close the store and let the data folder go (idempotent)."""
+        maker, self._maker = self._maker, None
+        if maker is not None:
+            maker.stop()
         self.pipeline_threads.close()
         self.audit.close()
         self.store.close()

@@ -32,7 +32,7 @@ from imgshare.server import auth_requests, image_requests
 from imgshare.server.answers import Answers, error
 from imgshare.server.caps import network_of
 from imgshare.server.service import Service
-from imgshare.server.upload import Upload
+from imgshare.server.upload import StoredUpload, Upload
 from imgshare.store import User
 from imgshare.store.catalog import now_ms
 
@@ -67,7 +67,7 @@ class Session:
         self.token_id: int | None = None  # the token this session logged in with
         self.login_method = ""  # "password", "token" or "certificate"
         self.logged_in_ms = 0  # when; a password change after it ends a password session
-        self.upload: Upload | None = None
+        self.upload: Upload | StoredUpload | None = None
         self.login_failures = 0
         self._on_login = on_login
 
@@ -105,10 +105,11 @@ class Session:
         yield from handler(self, event)
 
     def close(self) -> None:
-        """The connection ended: a half-received upload leaves nothing behind."""
+        """The connection ended: a half-received upload is kept for a resume if part
+        of it is durable (docs/protocol.md, 7.10), else it leaves nothing behind."""
         upload, self.upload = self.upload, None
         if upload is not None:
-            upload.abort()
+            upload.suspend()
 
     def _revoked(self, user: User) -> str | None:
         """Why this session may no longer act (for the peer), or None."""
@@ -144,6 +145,8 @@ class Session:
         ev.TokenList: auth_requests.token_list,
         ev.TokenRevoke: auth_requests.token_revoke,
         ev.UploadBegin: image_requests.upload_begin,
+        ev.UploadResume: image_requests.upload_resume,
+        ev.Thumbnail: image_requests.thumbnail,
         ev.UploadEnd: image_requests.upload_end,
         ev.Download: image_requests.download,
         ev.ListImages: image_requests.list_images,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 
@@ -31,11 +32,12 @@ from imgshare.logs import fields
 from imgshare.protocol import StreamOpener
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import TAG_SIZE, ErrorCode
+from imgshare.protocol.stream import UploadHeader
 from imgshare.server import images
 from imgshare.server.pipeline import Pipeline, PipelineCancelled, memory_for
 from imgshare.server.service import Service
 from imgshare.server.uploads import MemoryHold
-from imgshare.store import PendingImage
+from imgshare.store import ImageRecord, PendingImage, User
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,14 @@ class Upload:
     except ``abort``, which any thread may call."""
 
     def __init__(
-        self, service: Service, begin: ev.UploadBegin, pending: PendingImage, memory: MemoryHold
+        self,
+        service: Service,
+        begin: ev.UploadBegin | ev.UploadResume,
+        pending: PendingImage,
+        memory: MemoryHold,
     ) -> None:
+        """``begin`` and ``pending`` of a resumed upload (UPLOAD_RESUME,
+        ``ImageStore.resume``): then ``rebuild`` must run before chunks come."""
         self.service = service
         self.header = begin.header
         self.pending = pending
@@ -116,6 +124,31 @@ class Upload:
         except StorageError as exc:
             self._reject(ErrorCode.STORAGE_FAILED, str(exc))
 
+    def rebuild(self) -> int:
+        """A resumed upload: read its durable chunks back, open them (every tag, and
+        the HMAC from the first byte on) and rebuild the plaintext copy; return the
+        index of the first chunk the client sends. Raises ``IntegrityError`` (the
+        partial object is not what was received), ``ImageError``, ``StorageError``;
+        the caller then aborts."""
+        count = self.pending.durable_chunks
+        if not count:
+            return 0
+        chunk = memoryview(bytearray(min(self.header.chunk_size, self.header.size) + TAG_SIZE))
+        self._plaintext = memoryview(bytearray(min(self.header.chunk_size, self.header.size)))
+        with self.pending.durable_part() as stored:
+            for index in range(count):
+                want = self.header.plaintext_length(index) + TAG_SIZE
+                if stored.readinto(chunk[:want]) != want:
+                    raise StorageError("the partial object is shorter than its durable part")
+                plaintext = self._opener.open(chunk[:want], into=self._plaintext)
+                if index == 0:
+                    extension = images.sniff_extension(plaintext, self.service.image_policy)
+                    if extension is None:
+                        raise ImageError("not an image in an accepted format")
+                    self.pending.start_copy(extension)
+                self.pending.replay(plaintext)
+        return count
+
     def _reject(self, code: ErrorCode, reason: str) -> None:
         self.rejection = (code, reason)
         self.pending.abort()
@@ -160,6 +193,28 @@ class Upload:
         with self.service.validations, self.pending.plaintext() as written:
             return images.validate_image(written, self.service.image_policy)
 
+    def suspend(self) -> bool:
+        """The connection ended before UPLOAD_END: keep the upload for a resume if part
+        of it is durable and nothing went wrong (``PendingImage.park``), else throw it
+        away. Returns whether it was kept. Idempotent."""
+        if not self._pipeline.in_step():
+            self._pipeline.cancel()
+        if self.rejection is not None or self.failure is not None:
+            self.abort()
+            return False
+        kept = self.pending.park()
+        self._let_go()
+        if kept:
+            log.info(
+                "upload kept for a resume",
+                extra=fields(
+                    user=self.pending.user.name,
+                    upload=self.header.upload_id.hex(),
+                    durable_chunks=self.pending.durable_chunks,
+                ),
+            )
+        return kept
+
     def abort(self) -> None:
         """Throw away everything written so far, committed files included (idempotent).
         Called from a step (a rejection) it leaves the pipeline running."""
@@ -179,4 +234,49 @@ class Upload:
                 os.close(fd)
 
 
-__all__ = ["ImageError", "IntegrityError", "Upload", "buffer_memory"]
+class StoredUpload:
+    """An UPLOAD_RESUME of an upload the server finished storing while its client was
+    gone (the receipt never reached it): no chunk comes, and UPLOAD_END, if its HMAC
+    is the stored one, gets a receipt for the stored image instead of a second copy
+    (docs/protocol.md, 7.10). Duck-types ``Upload`` for the network layer."""
+
+    def __init__(self, record: ImageRecord, header_bytes: bytes, user: User) -> None:
+        self.record = record
+        self.header = UploadHeader.parse(header_bytes)
+        self.user = user
+        self.rejection: tuple[ErrorCode, str] | None = None
+        self.failure: BaseException | None = None
+        self.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+    def buffer(self, size: int) -> memoryview:
+        raise StorageError("no chunk belongs to a stored upload")
+
+    def take(self, chunk: ev.Chunk) -> None:
+        raise StorageError("no chunk belongs to a stored upload")
+
+    def finish(self, end: ev.UploadEnd) -> ev.ReceiptBody:
+        """The receipt of the stored image. Raises ``IntegrityError`` for another HMAC."""
+        self.abort()
+        if not hmac.compare_digest(end.hmac, self.record.hmac):
+            raise IntegrityError("image HMAC does not match", ErrorCode.INTEGRITY_FAILED)
+        return ev.ReceiptBody(
+            image_id=bytes.fromhex(self.record.id),
+            upload_id=self.header.upload_id,
+            size=self.header.size,
+            hmac=self.record.hmac,
+            header_sha256=hashlib.sha256(self.record.header).digest(),
+            server_time_ms=self.record.created_at,
+            username=self.user.name,
+        )
+
+    def suspend(self) -> bool:
+        self.abort()
+        return False
+
+    def abort(self) -> None:
+        fd, self.wake_fd = self.wake_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+__all__ = ["ImageError", "IntegrityError", "StoredUpload", "Upload", "buffer_memory"]

@@ -10,6 +10,7 @@ Layout::
 
     ROOT/objects/<id[:2]>/<id>      sealed objects (ids: 32 lowercase hex digits)
     ROOT/tmp/<random>.part          temp files of the blob store
+    ROOT/partial/<id>               resumable uploads' objects, durable in part
     INBOX/<username>/<name>         decrypted inbox copies (name made by the server)
     INBOX/.tmp/<random>.part        temp files of the inbox (its own file system may differ)
 
@@ -332,6 +333,110 @@ class AtomicFile:
         self.abort()
 
 
+class PartialFile(AtomicFile):
+    """An object on its way that may outlive its writer: a resumable upload's.
+
+    It starts as an ``AtomicFile`` temp file. ``sync`` makes what was written so far
+    durable (fsync) and, the first time, moves the file to ``ROOT/partial/<id>``,
+    where no sweep of temp files touches it and a writer in another process can take
+    it up again (``FileBlobStore.open_partial``). ``park`` lets go of it without
+    removing it; ``commit`` and ``abort`` work as an ``AtomicFile``'s, from wherever
+    the file is.
+    """
+
+    def __init__(self, final_path: Path, tmp_dir: Path, partial_dir: Path, *, root: Path) -> None:
+        super().__init__(final_path, tmp_dir, root=root)
+        self._partial_parts = _parts(root, partial_dir)
+        self.durable_bytes = 0
+        self.moved = False
+
+    @classmethod
+    def take_up(
+        cls, final_path: Path, partial_dir: Path, *, root: Path, length: int
+    ) -> PartialFile:
+        """Take up the partial file ``partial_dir/<final name>`` again, cut to its first
+        ``length`` bytes (its durable part). Raises ``StorageError`` (``BlobNotFound``
+        when it is gone, or shorter than that)."""
+        self = cls.__new__(cls)
+        name = final_path.name
+        self.final_path = final_path
+        self._tmp_name = name
+        self.tmp_path = partial_dir / name
+        self._final_root = root
+        self._final_parts = _parts(root, final_path.parent)
+        self._partial_parts = _parts(root, partial_dir)
+        self._lock = threading.Lock()
+        self._state = "open"
+        self._fd = None
+        self._tmp_dir_fd = None
+        self.moved = True
+        try:
+            self._tmp_dir_fd = open_folder(root, self._partial_parts)
+            self._fd = os.open(
+                name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._tmp_dir_fd
+            )
+            if os.fstat(self._fd).st_size < length:
+                raise BlobNotFound(f"partial object {name} is shorter than its durable part")
+            os.ftruncate(self._fd, length)
+            os.lseek(self._fd, length, os.SEEK_SET)
+        except FileNotFoundError as exc:
+            self._let_go()
+            raise BlobNotFound(f"partial object {name} not found") from exc
+        except OSError as exc:
+            self._let_go()
+            raise storage_error("reopen", self.tmp_path, exc) from exc
+        except BaseException:
+            self._let_go()
+            raise
+        self.bytes_written = self._writeback_from = self.durable_bytes = length
+        return self
+
+    def sync(self) -> None:
+        """Make everything written so far durable (the first time, under its partial
+        name). Raises ``StorageError``; then the file is gone."""
+        with self._lock:
+            fd = self._require_open()
+            try:
+                os.fsync(fd)
+                if not self.moved:
+                    self._move_to_partial()
+            except OSError as exc:
+                self._abort_locked()
+                raise storage_error("sync", self.tmp_path, exc) from exc
+            self.durable_bytes = self.bytes_written
+
+    def _move_to_partial(self) -> None:
+        name = self.final_path.name
+        folder = open_folder(self._final_root, self._partial_parts, create=True)
+        try:
+            os.replace(self._tmp_name, name, src_dir_fd=self._tmp_dir_fd, dst_dir_fd=folder)
+            os.fsync(folder)
+        except BaseException:
+            os.close(folder)
+            raise
+        old, self._tmp_dir_fd = self._tmp_dir_fd, folder
+        if old is not None:
+            os.close(old)
+        self._tmp_name = name
+        self.tmp_path = self._final_root.joinpath(*self._partial_parts, name)
+        self.moved = True
+
+    def park(self) -> None:
+        """Let go of the file and keep it (the upload may be resumed). Idempotent; a
+        no-op once committed or aborted."""
+        with self._lock:
+            if self._state == "open":
+                self._state = "parked"
+                self._let_go()
+
+    def _let_go(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        self._close_tmp_dir()
+
+
 def sweep_temp_dir(
     root: Path, parts: tuple[str, ...], before: float | None = None, *, pid: int | None = None
 ) -> int:
@@ -393,7 +498,7 @@ class FileBlobStore:
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
-        init_dirs(self.root, ("objects",), ("tmp",))
+        init_dirs(self.root, ("objects",), ("tmp",))  # partial/: made when first needed
 
     def __repr__(self) -> str:
         return f"FileBlobStore({str(self.root)!r})"
@@ -470,6 +575,47 @@ class FileBlobStore:
         process ``pid``, if given); return how many. With neither it would also remove
         the temp files of writers in progress: only while nothing writes."""
         return sweep_temp_dir(self.root, ("tmp",), before, pid=pid)
+
+    # -- resumable uploads (imgshare.store.images: PendingImage) ----------------------------
+
+    def create_resumable(self, object_id: str) -> PartialFile:
+        """Like ``create``, but the writer can make its part durable and outlive this
+        process (``PartialFile``). Raises ``StorageError``."""
+        return PartialFile(
+            self.path_of(object_id), self.tmp_dir, self.root / "partial", root=self.root
+        )
+
+    def open_partial(self, object_id: str, length: int) -> PartialFile:
+        """Take up a parked partial object again at its durable ``length``. Raises
+        ``BlobNotFound`` or ``StorageError``."""
+        return PartialFile.take_up(
+            self.path_of(object_id), self.root / "partial", root=self.root, length=length
+        )
+
+    def read_partial(self, object_id: str) -> io.BufferedIOBase:
+        """Read a partial object (the caller closes it). Raises ``BlobNotFound``."""
+        self.path_of(object_id)  # checks the id
+        try:
+            with opened_folder(self.root, ("partial",)) as folder:
+                fd = os.open(object_id, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"partial object {object_id} not found") from exc
+        except OSError as exc:
+            raise storage_error("open", self.root / "partial" / object_id, exc) from exc
+        return os.fdopen(fd, "rb")
+
+    def delete_partial(self, object_id: str) -> bool:
+        """Remove a partial object; return whether it existed. Raises ``StorageError``."""
+        self.path_of(object_id)
+        return unlink_in(self.root, ("partial",), object_id)
+
+    def partial_ids(self, before: float | None = None) -> Iterator[str]:
+        """Ids of the partial objects (last written before ``before``, if given)."""
+        if not (self.root / "partial").is_dir():
+            return
+        for name in list_names(self.root, ("partial",), dirs=False, before=before):
+            if OBJECT_ID_RE.fullmatch(name):
+                yield name
 
     def scratch_file(self) -> BinaryIO:
         """An anonymous private file in the store's temp folder, gone when closed (for

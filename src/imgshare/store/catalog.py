@@ -51,8 +51,10 @@ from imgshare.store.access import (
     TokenRecord,
 )
 from imgshare.store.blobs import OBJECT_ID_RE
+from imgshare.store.resumable import PartialUpload, ResumableTables
+from imgshare.store.thumbnails import ThumbnailTables
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 HMAC_SIZE = 32
 #: The kinds of login throttle state (see ``imgshare.server.throttle``).
 THROTTLE_SCOPES = ("account", "address")
@@ -211,6 +213,34 @@ class Catalog(Protocol):
         self, *, user_name: str | None = None, event: str | None = None, limit: int = 1000
     ) -> list[AuditRecord]: ...
     def count_events(self, event: str, network: str, since_ms: int) -> int: ...
+    # resumable uploads (imgshare.store.resumable)
+    def mark_durable(
+        self,
+        reservation: int,
+        *,
+        image_id: str,
+        upload_id: bytes,
+        header: bytes,
+        wrapped_key: bytes,
+        chunks: int,
+        sealed_bytes: int,
+        now: int,
+        until: int,
+    ) -> bool: ...
+    def park_upload(self, reservation: int, until: int) -> bool: ...
+    def claim_partial(
+        self, user_id: int, upload_id: bytes, *, holder: str, expires: int, now: int
+    ) -> PartialUpload | None: ...
+    def evict_idle_partial(self, user_id: int, now: int) -> PartialUpload | None: ...
+    def expire_partials(self, now: int) -> list[PartialUpload]: ...
+    def partial_image_ids(self) -> set[str]: ...
+    def partials_of(self, user_id: int) -> list[PartialUpload]: ...
+    def stored_upload(self, user_id: int, header: bytes) -> ImageRecord | None: ...
+    # thumbnails (imgshare.store.thumbnails)
+    def claim_thumbnail(self, now: int, until: int) -> ImageRecord | None: ...
+    def set_thumbnail(self, image_id: str, state: int) -> bool: ...
+    def thumbnail_state(self, image_id: str) -> int | None: ...
+    def pending_thumbnails(self) -> int: ...
     # several nodes
     def sweep_lock(self) -> AbstractContextManager[bool]: ...
     def close(self) -> None: ...
@@ -244,7 +274,7 @@ class Database(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Rows: ...
 
 
-class SQLCatalog(AccessTables):
+class SQLCatalog(AccessTables, ResumableTables, ThumbnailTables):
     """Every catalog query, on the database a subclass connects to (see the module
     docstring for what a subclass supplies)."""
 
@@ -674,9 +704,11 @@ class SQLCatalog(AccessTables):
 
         def body(db: Database) -> int:
             db.execute(f"SELECT 1 FROM users WHERE id = ?{self._LOCK_ROWS}", (user_id,))
-            db.execute(
-                "DELETE FROM uploads_in_flight WHERE user_id = ? AND expires_ms < ?",
-                (user_id, now_ms()),
+            now = now_ms()
+            db.execute(  # a parked resumable upload keeps its place until it expires
+                "DELETE FROM uploads_in_flight WHERE user_id = ? AND expires_ms < ? "
+                "AND (upload_id IS NULL OR resume_until_ms < ?)",
+                (user_id, now, now),
             )
             stored_sql = (
                 "(SELECT COALESCE(SUM(size), 0) FROM images WHERE owner_id = ?)" if quota else "0"
@@ -721,14 +753,19 @@ class SQLCatalog(AccessTables):
         )
 
     def drop_reservations(self, holder: str) -> int:
-        """Drop every reservation of ``holder`` (a process that died); return how many."""
-        return self._write(
-            "drop reservations",
-            lambda db: (
-                db.execute("DELETE FROM uploads_in_flight WHERE holder = ?", (holder,)).rowcount
-            ),
-            durable=False,
-        )
+        """Let go of every reservation of ``holder`` (a process that died); return
+        how many. Resumable uploads are parked (kept for a resume), the rest dropped."""
+
+        def body(db: Database) -> int:
+            parked = db.execute(
+                "UPDATE uploads_in_flight SET holder = '', expires_ms = 0 "
+                "WHERE holder = ? AND upload_id IS NOT NULL",
+                (holder,),
+            ).rowcount
+            dropped = db.execute("DELETE FROM uploads_in_flight WHERE holder = ?", (holder,))
+            return int(parked) + int(dropped.rowcount)
+
+        return self._write("drop reservations", body, durable=False)
 
     def uploads_in_flight(self, user_id: int) -> int:
         """How many uploads of this user hold a reservation that has not lapsed."""

@@ -26,7 +26,7 @@ from typing import BinaryIO, Protocol
 from imgshare.protocol.constants import USERNAME_PATTERN
 from imgshare.store.blobs import (
     AtomicFile,
-    FileBlobStore,
+    BlobStore,
     init_dirs,
     list_names,
     opened_folder,
@@ -62,6 +62,16 @@ class PlainCopies(Protocol):
     def create(self, owner: str, image_id: str, extension: str) -> PlainCopy: ...
     def delete(self, owner: str, name: str) -> bool: ...
     def remove_empty_folder(self, owner: str) -> bool: ...
+
+
+class InboxArea(Protocol):
+    """Where inbox copies live, as deletions and the sweep see it: the inbox folder
+    (``Inbox``) or a bucket prefix (``imgshare.store.s3inbox.S3Inbox``)."""
+
+    def delete(self, owner: str, name: str) -> bool: ...
+    def remove_empty_folder(self, owner: str) -> bool: ...
+    def iter_files(self, before: float | None = None) -> Iterator[tuple[str, str]]: ...
+    def sweep_temp(self, before: float | None = None, *, pid: int | None = None) -> int: ...
 
 
 def inbox_filename(image_id: str, extension: str, when: datetime | None = None) -> str:
@@ -174,7 +184,7 @@ class ScratchCopies:
     was on must go with their images.
     """
 
-    def __init__(self, blobs: FileBlobStore, inbox: Inbox) -> None:
+    def __init__(self, blobs: BlobStore, inbox: InboxArea) -> None:
         self._blobs = blobs
         self._inbox = inbox
 

@@ -65,7 +65,7 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 from psycopg import pq
 
-from imgshare.errors import ConfigError, StorageError
+from imgshare.errors import ConfigError, StorageError, StorageUnavailable
 from imgshare.store.catalog import SCHEMA_VERSION, Database, SQLCatalog, UniqueViolation
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ _IDLE_IN_TRANSACTION_MS = 60_000
 _BEGIN = f"BEGIN; SET LOCAL idle_in_transaction_session_timeout = {_IDLE_IN_TRANSACTION_MS}"
 _BEGIN_NOT_DURABLE = f"{_BEGIN}; SET LOCAL synchronous_commit = off"
 
-# The schema at SCHEMA_VERSION, the same tables as imgshare.store.sqlite's
+# The schema at version 4 (``_MIGRATIONS`` carry it on to SCHEMA_VERSION, in the same
+# transaction for a new database), the same tables as imgshare.store.sqlite's
 # migrations make, in PostgreSQL's types: BIGINT for every integer (unix ms, ids),
 # BYTEA for blobs, identity columns where SQLite has AUTOINCREMENT (ids never reused),
 # and names compared byte by byte (COLLATE "C", as SQLite's BINARY) so that ordering
@@ -174,10 +175,29 @@ _SCHEMA: tuple[str, ...] = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
 )
 
+#: The version ``_SCHEMA`` makes.
+_BASE_VERSION = 4
 #: _MIGRATIONS[n] takes a PostgreSQL catalog from version n to n + 1, for n from 4
-#: on (a new database starts at SCHEMA_VERSION with ``_SCHEMA``). Version numbers are
-#: the SQLite catalog's.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+#: on (a new database gets ``_SCHEMA`` and then these, in one transaction). Version
+#: numbers are the SQLite catalog's.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    4: (
+        # Resumable uploads and thumbnails (see imgshare.store.sqlite, version 5).
+        'ALTER TABLE uploads_in_flight ADD COLUMN image_id TEXT COLLATE "C"',
+        "ALTER TABLE uploads_in_flight ADD COLUMN upload_id BYTEA",
+        "ALTER TABLE uploads_in_flight ADD COLUMN header BYTEA",
+        "ALTER TABLE uploads_in_flight ADD COLUMN wrapped_key BYTEA",
+        "ALTER TABLE uploads_in_flight ADD COLUMN durable_chunks BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE uploads_in_flight ADD COLUMN durable_bytes BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE uploads_in_flight ADD COLUMN created_ms BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE uploads_in_flight ADD COLUMN resume_until_ms BIGINT NOT NULL DEFAULT 0",
+        "CREATE UNIQUE INDEX uploads_in_flight_by_upload ON uploads_in_flight "
+        "(user_id, upload_id) WHERE upload_id IS NOT NULL",
+        "ALTER TABLE images ADD COLUMN thumbnail BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE images ADD COLUMN thumbnail_claim_ms BIGINT NOT NULL DEFAULT 0",
+        "CREATE INDEX images_without_thumbnail ON images (created_at) WHERE thumbnail = 0",
+    ),
+}
 
 _SQLSTATE_CONSTRAINTS = {
     "23505": "UNIQUE",
@@ -189,7 +209,7 @@ _SQLSTATE_RETRY = frozenset({"40001", "40P01"})  # serialisation failure, deadlo
 _SQLSTATE_GONE = frozenset({"57P01", "57P02", "57P03"})  # shut down, crashed, starting
 
 
-class CatalogUnreachable(StorageError):
+class CatalogUnreachable(StorageUnavailable):
     """The connection to PostgreSQL failed or was lost (the message names the host)."""
 
 
@@ -244,7 +264,7 @@ class _Pool:
         """A connection of this process's own; raises ``StorageError`` when none is
         free within the timeout or none can be made."""
         if not self._slots.acquire(timeout=self._timeout):
-            raise StorageError(
+            raise StorageUnavailable(  # busy, not broken: "try again later"
                 f"catalog: all {self.size} connections to PostgreSQL at {where} "
                 f"stayed busy for {self._timeout:g} s"
             )
@@ -483,6 +503,9 @@ class PostgresCatalog(SQLCatalog):
         if not exists:
             for statement in _SCHEMA:
                 db.execute(statement)
+            for step in range(_BASE_VERSION, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    db.execute(statement)
             db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             return None
         row = db.execute("SELECT version FROM schema_version").fetchone()

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 
 from imgshare.store.blobs import BlobStore
-from imgshare.store.catalog import Catalog
-from imgshare.store.copies import Inbox
+from imgshare.store.catalog import Catalog, now_ms
+from imgshare.store.copies import InboxArea
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ class SweepReport:
     orphan_objects_removed: tuple[str, ...]
     orphan_inbox_files_removed: tuple[tuple[str, str], ...]  # (username, file name)
     missing_objects: tuple[str, ...]  # rows whose object is gone: reported, kept
+    #: Another node held the sweep lock (shared storage): this one did nothing.
+    skipped: bool = False
+    #: Resumable uploads whose time ran out, and partial objects without a row.
+    partials_removed: tuple[str, ...] = ()
+    #: Thumbnails whose image is gone.
+    orphan_thumbnails_removed: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
@@ -48,16 +54,19 @@ class SweepReport:
             or self.orphan_objects_removed
             or self.orphan_inbox_files_removed
             or self.missing_objects
+            or self.partials_removed
+            or self.orphan_thumbnails_removed
         )
 
 
 def sweep(
     blobs: BlobStore,
-    inbox: Inbox,
+    inbox: InboxArea,
     catalog: Catalog,
     *,
     after: float = DEFAULT_SWEEP_AFTER,
     exclusive: bool = False,
+    thumbs: BlobStore | None = None,
 ) -> SweepReport:
     """Remove temp files and files with no catalog row that are older than ``after``
     seconds (all of them when ``exclusive``: nothing else writes to the store now);
@@ -73,7 +82,12 @@ def sweep(
     old_inbox_files = set(inbox.iter_files(before))
     known_ids = catalog.image_ids()
 
-    orphans = sorted(old_objects - known_ids)
+    # Asked again one by one just before removing: on S3 an object completed from a
+    # multipart upload may carry its upload's start as its date, so a big upload
+    # finishing now can look old; its row follows its completion within milliseconds.
+    orphans = sorted(
+        object_id for object_id in old_objects - known_ids if catalog.get_image(object_id) is None
+    )
     for object_id in orphans:
         log.warning("sweep: removing object %s, which has no catalog row", object_id)
         blobs.delete(object_id)
@@ -87,7 +101,24 @@ def sweep(
     for object_id in missing:
         log.error("sweep: image %s is in the catalog but its object is missing", object_id)
 
-    report = SweepReport(temp, tuple(orphans), tuple(inbox_orphans), tuple(missing))
+    partials = _sweep_partials(blobs, catalog, before)
+    thumb_orphans: list[str] = []
+    if thumbs is not None:
+        temp += thumbs.sweep_temp(before)
+        old_thumbs = set(thumbs.iter_ids(before))
+        thumb_orphans = sorted(old_thumbs - catalog.image_ids())
+        for object_id in thumb_orphans:
+            log.info("sweep: removing the thumbnail of %s, which has no catalog row", object_id)
+            thumbs.delete(object_id)
+
+    report = SweepReport(
+        temp,
+        tuple(orphans),
+        tuple(inbox_orphans),
+        tuple(missing),
+        partials_removed=tuple(partials),
+        orphan_thumbnails_removed=tuple(thumb_orphans),
+    )
     if not report.clean:
         log.info(
             "sweep: %d temp file(s), %d orphan object(s), %d orphan inbox file(s) removed; "
@@ -95,3 +126,25 @@ def sweep(
             temp, len(orphans), len(inbox_orphans), len(missing),
         )  # fmt: skip
     return report
+
+
+def _sweep_partials(blobs: BlobStore, catalog: Catalog, before: float | None) -> list[str]:
+    """Drop resumable uploads whose time ran out (their rows, then their partial
+    objects), and partial objects without a row that are older than ``before``."""
+    removed = []
+    delete = getattr(blobs, "delete_partial", None)
+    for partial in catalog.expire_partials(now_ms()):
+        log.info("sweep: resumable upload %s expired", partial.image_id)
+        if delete is not None:
+            delete(partial.image_id)
+        removed.append(partial.image_id)
+    listing = getattr(blobs, "partial_ids", None)
+    if listing is None or delete is None:
+        return removed
+    # Files first, rows second: a row recorded in between only makes a file "known".
+    old = set(listing(before))
+    for object_id in sorted(old - catalog.partial_image_ids()):
+        log.warning("sweep: removing partial object %s, which has no row", object_id)
+        delete(object_id)
+        removed.append(object_id)
+    return removed

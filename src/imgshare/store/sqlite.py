@@ -161,6 +161,27 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Sessions that logged in with a password before this time are over.
         "ALTER TABLE users ADD COLUMN password_changed_ms INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # A reservation becomes a resumable upload once part of it is durable
+        # (imgshare.store.partial): its image id, upload id, header and content key
+        # (wrapped under the storage key), how much of its sealed object is durable,
+        # and until when it may be resumed. upload_id NULL: not resumable.
+        "ALTER TABLE uploads_in_flight ADD COLUMN image_id TEXT",
+        "ALTER TABLE uploads_in_flight ADD COLUMN upload_id BLOB",
+        "ALTER TABLE uploads_in_flight ADD COLUMN header BLOB",
+        "ALTER TABLE uploads_in_flight ADD COLUMN wrapped_key BLOB",
+        "ALTER TABLE uploads_in_flight ADD COLUMN durable_chunks INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE uploads_in_flight ADD COLUMN durable_bytes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE uploads_in_flight ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE uploads_in_flight ADD COLUMN resume_until_ms INTEGER NOT NULL DEFAULT 0",
+        "CREATE UNIQUE INDEX uploads_in_flight_by_upload ON uploads_in_flight "
+        "(user_id, upload_id) WHERE upload_id IS NOT NULL",
+        # Thumbnails (imgshare.server.thumbnails): 0 not made yet, 1 stored, 2 none
+        # can be made; a maker holds an image until its claim lapses.
+        "ALTER TABLE images ADD COLUMN thumbnail INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE images ADD COLUMN thumbnail_claim_ms INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX images_without_thumbnail ON images (created_at) WHERE thumbnail = 0",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
