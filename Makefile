@@ -34,6 +34,17 @@ audit-tools: $(AUDITSTAMP)
 run: $(STAMP)
 	$(BIN)/imgshare serve --data ./data
 
+# `make install`: the `imgshare` command from any folder, as a link in PREFIX/bin
+# (~/.local/bin, on Debian's PATH once it exists) to the one in .venv; the repository
+# must stay where it is (the install is editable). `make install PREFIX=/usr/local` as root.
+PREFIX ?= $(HOME)/.local
+.PHONY: install
+install: $(STAMP)
+	mkdir -p $(PREFIX)/bin
+	ln -sfn $(abspath $(BIN))/imgshare $(PREFIX)/bin/imgshare
+	@echo "installed $(PREFIX)/bin/imgshare -> $(abspath $(BIN))/imgshare"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "$(PREFIX)/bin is not on your PATH yet: open a new login shell, or run  export PATH=\"$(PREFIX)/bin:\$$PATH\"  (add it to ~/.profile to keep it)";; esac
+
 lint: $(DEVSTAMP)
 	$(BIN)/ruff check src tests fuzz
 	$(BIN)/ruff format --check src tests fuzz

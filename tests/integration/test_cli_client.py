@@ -285,17 +285,24 @@ def test_wrong_password_is_one_line_and_exit_1(server: RunningServer, tmp_path: 
     assert catalog_images(server.data) == []
 
 
-def test_an_untrusted_server_is_one_line_and_exit_1(
+def test_an_untrusted_server_is_explained_and_exit_1(
     server: RunningServer, tmp_path: Path, pki_paths: pki.CertificatePaths
 ) -> None:
-    """A CA that did not sign the server's certificate: TLS refuses, cleanly."""
+    """A CA that did not sign the server's certificate: TLS refuses, and the error says
+    why in words, shows the certificate and how to trust it (test_cli_errors.py has
+    every other case)."""
     connection = _connection(server, _password_file(tmp_path))
     connection[connection.index("--ca") + 1] = str(pki_paths.ca_cert)
     result = imgshare("list", *connection, cwd=tmp_path)
     assert result.returncode == 1
-    assert len(result.stderr.splitlines()) == 1
-    assert result.stderr.startswith("imgshare: error: TLS with localhost:")
-    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr
+    assert result.stdout == ""
+    first, *details = result.stderr.splitlines()
+    assert first == (
+        f"imgshare: error: cannot trust localhost:{server.port}: its certificate is signed "
+        "by a CA you do not trust"
+    )
+    assert any(line.strip().startswith("SHA-256 ") for line in details)
+    assert "CERTIFICATE_VERIFY_FAILED" not in result.stderr
 
 
 @pytest.mark.parametrize(

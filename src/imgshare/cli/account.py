@@ -77,6 +77,7 @@ def _token_name(name: str | None) -> str:
     "invitation",
     metavar="CODE",
     envvar="IMGSHARE_INVITE",
+    show_envvar=True,
     help="The invitation code the server's administrator gave you (`imgshare user invite`).",
 )
 def register(invitation: str | None, **connection: Any) -> None:
@@ -205,7 +206,10 @@ def _revoke_saved(saved: Profile, path: Path) -> str | None:
     )
 
 
-@click.command()
+@click.command(
+    epilog="\b\nEnvironment variables:\n  IMGSHARE_CONFIG  the profile [default: "
+    "~/.config/imgshare/profile.json]"
+)
 def logout() -> None:
     """Revoke your login token on the server and remove it from your profile.
 

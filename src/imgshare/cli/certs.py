@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from imgshare import pki
-from imgshare.errors import ConfigError
+from imgshare.errors import CertificateError, ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,10 +100,15 @@ def certs() -> None:
     server.key). Clients trust the server through ca.pem; keep ca.key private, or
     offline once the certificates you need are issued. Private keys are written
     with mode 0600 and are never overwritten without --force.
+
+    To serve under another name (another machine's clients), or to renew, issue a
+    new server certificate from the same CA: `imgshare certs server --dir DIR --host
+    NAME --force`. Clients keep trusting the server; `certs init --force` would make
+    a new CA that no client trusts yet.
     """
 
 
-@certs.command()
+@certs.command(short_help="Create a new private CA and a server certificate signed by it.")
 @_dir_option
 @_HOSTS
 @_common_options(
@@ -127,25 +132,38 @@ def init(
 ) -> None:
     """Create a new private CA and a server certificate signed by it.
 
-    With --force an existing CA is replaced: clients must then trust the new
-    ca.pem and client certificates must be issued again. --passphrase-file
-    encrypts both ca.key and server.key (the server then needs the passphrase).
+    With --force an existing CA is replaced: every client must then trust the new
+    ca.pem and client certificates must be issued again. To name another host or
+    renew, keep the CA: `imgshare certs server --dir DIR --host NAME --force`.
+    --passphrase-file encrypts both ca.key and server.key (the server then needs
+    the passphrase).
     """
-    paths = pki.init_certificates(
-        directory,
-        hosts=hosts or pki.DEFAULT_HOSTS,
-        key_type=key_type,
-        days=_days("--days", days),
-        ca_days=_days("--ca-days", ca_days),
-        force=force,
-        passphrase=_passphrase(passphrase_file),
-    )
+    try:
+        paths = pki.init_certificates(
+            directory,
+            hosts=hosts or pki.DEFAULT_HOSTS,
+            key_type=key_type,
+            days=_days("--days", days),
+            ca_days=_days("--ca-days", ca_days),
+            force=force,
+            passphrase=_passphrase(passphrase_file),
+        )
+    except CertificateError as exc:
+        if "already exists" not in str(exc) or not (directory / "ca.pem").exists():
+            raise
+        names = " ".join(f"--host {host}" for host in hosts) or "--host NAME"
+        exists = str(exc).split(";")[0]
+        raise CertificateError(
+            f"{exists}: this folder holds a CA, and `certs init --force` would replace it "
+            "(every client would then stop trusting the server). To name another host or "
+            f"renew, keep the CA: `imgshare certs server --dir {directory} {names} --force`"
+        ) from exc
     _echo_pair("CA", paths.ca_cert, paths.ca_key)
     _echo_pair("server certificate", paths.server_cert, paths.server_key)
     click.echo("Give ca.pem to clients; keep ca.key secret.")
 
 
-@certs.command()
+@certs.command(short_help="Issue a new server certificate from the same CA (renew, rename).")
 @_dir_option
 @_HOSTS
 @_common_options(pki.DEFAULT_SERVER_DAYS, "Server certificate validity in days.")
@@ -159,10 +177,12 @@ def server(
     passphrase_file: Path | None,
     ca_passphrase_file: Path | None,
 ) -> None:
-    """Issue a new server certificate from the CA in --dir (renew or add hosts).
+    """Issue a new server certificate from the CA in --dir (renew, or name hosts).
 
     The CA stays the same, so clients keep trusting the server. Use --force to
-    replace the existing server.pem and server.key.
+    replace the existing server.pem and server.key, then restart the server. The
+    certificate names exactly the --host names given (list every name clients use,
+    localhost too if it is still used).
     """
     paths = pki.create_server_certificate(
         directory,
@@ -174,9 +194,10 @@ def server(
         ca_passphrase=_passphrase(ca_passphrase_file),
     )
     _echo_pair("server certificate", paths.server_cert, paths.server_key)
+    click.echo("The CA is unchanged: clients keep trusting it. Restart the server to use it.")
 
 
-@certs.command()
+@certs.command(short_help="Issue a client certificate for mutual TLS.")
 @click.argument("name")
 @_dir_option
 @_common_options(
@@ -211,7 +232,7 @@ def client(
     _echo_pair(f"client certificate {name!r}", pair.cert, pair.key)
 
 
-@certs.command()
+@certs.command(short_help="Print the certificates in a folder, with their fingerprints.")
 @_dir_option
 def show(directory: Path) -> None:
     """Print every certificate (*.pem) in --dir: names, validity, key, fingerprint.

@@ -1,5 +1,6 @@
-"""The image commands (`send`, `get`, `list`, `share`, `unshare`, `shares`, `delete`)
-and how every client command reaches the server and logs in.
+"""The image commands (`get`, `list`, `share`, `unshare`, `shares`, `delete`)
+and how every client command reaches the server and logs in (`send` is in
+``imgshare.cli.send``).
 
 Where to connect and who to be come from the flags (or their ``IMGSHARE_*``
 variables), else from the profile that `imgshare login` saved (``imgshare.client.
@@ -7,7 +8,12 @@ profile``; it is used only for its own server). How to log in, the first that
 applies: a ``--client-cert`` with no password given (CERT_LOGIN); the token in
 ``IMGSHARE_TOKEN``; the profile's token, unless ``--password-file`` or another
 ``--user`` is given; else a password (``--password-file``, ``IMGSHARE_PASSWORD``, or
-asked on a terminal, before connecting: the server waits 10 s for a login)."""
+asked on a terminal, before connecting: the server waits 10 s for a login).
+
+The trust material (the server's CA) comes from ``--ca`` or the profile, never from a
+path relative to the current folder: `imgshare login --ca CA.pem` once, and every
+command works from any folder. Failures to connect say why and what to do
+(``imgshare.client.diagnose``)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,18 +31,36 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from imgshare.errors import ConfigError, ImgshareError, PeerError, TransportError
+from imgshare.cli.units import human_size
+from imgshare.client import diagnose
+from imgshare.errors import ConfigError, ImgshareError, PeerError, StorageError
 from imgshare.protocol.constants import DEFAULT_PORT, ErrorCode
 from imgshare.safetext import escape
 
 if TYPE_CHECKING:
     from imgshare.client import ClientSession
     from imgshare.client.profile import Profile
+    from imgshare.protocol.events import ImageEntry
+
+__all__ = ["human_size"]  # here for every command (`imgshare send` shows sizes too)
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_CA = Path("data/certs/ca.pem")
 DEFAULT_SERVER = f"localhost:{DEFAULT_PORT}"
 LOGIN_COMMAND = "imgshare login --server HOST:PORT --ca CA.pem --user NAME"
+#: What the server accepts (its image check, ``imgshare.server.images``).
+ACCEPTED_FORMATS = "JPEG, PNG, GIF, WebP, TIFF and BMP"
+
+#: The environment every client command reads, shown at the end of its --help.
+ENVIRONMENT_HELP = """\b
+Environment variables:
+  IMGSHARE_SERVER           --server
+  IMGSHARE_CA               --ca
+  IMGSHARE_USER             --user
+  IMGSHARE_CONNECT_TIMEOUT  --connect-timeout
+  IMGSHARE_PASSWORD         your password (else --password-file, else a prompt)
+  IMGSHARE_TOKEN            an API token to log in with (imgshare token create)
+  IMGSHARE_CONFIG           the profile (imgshare login) [default:
+                            ~/.config/imgshare/profile.json]"""
 
 
 def connection_options(function: F) -> F:
@@ -44,37 +69,59 @@ def connection_options(function: F) -> F:
         click.option(
             "--server",
             envvar="IMGSHARE_SERVER",
-            help=f"HOST:PORT of the server ([::1]:PORT for IPv6) [default: your profile's, "
-            f"else {DEFAULT_SERVER}].",
+            show_envvar=True,
+            metavar="HOST:PORT",
+            help=f"The server: HOST:PORT, [IPv6]:PORT or https://HOST:PORT (port "
+            f"{DEFAULT_PORT} if left out) [default: your profile's].",
         ),
         click.option(
             "--ca",
             type=click.Path(path_type=Path, dir_okay=False),
             envvar="IMGSHARE_CA",
-            help="CA certificate that signed the server's [default: your profile's, else "
-            f"{DEFAULT_CA} if it exists].",
+            show_envvar=True,
+            metavar="CA.pem",
+            help="The CA certificate that signed the server's: the ca.pem of its "
+            "certificates (DATA/certs/ca.pem on the server) [default: the one your "
+            "profile keeps].",
         ),
         click.option(
             "--user",
             "username",
             envvar="IMGSHARE_USER",
+            show_envvar=True,
+            metavar="NAME",
             help="Your user name [default: your profile's]. Another user than the "
             "profile's logs in with a password.",
         ),
         click.option(
             "--password-file",
             type=click.Path(path_type=Path, dir_okay=False),
+            metavar="FILE",
             help="Log in with the password on this file's first line instead of the "
             "profile's token (without it: IMGSHARE_PASSWORD, else a prompt).",
         ),
         click.option(
             "--client-cert",
             type=click.Path(path_type=Path, dir_okay=False),
+            metavar="FILE",
             help="Client certificate for mutual TLS; with no password given it also logs "
             "you in, as the user it names.",
         ),
         click.option(
-            "--client-key", type=click.Path(path_type=Path, dir_okay=False), help="Its private key."
+            "--client-key",
+            type=click.Path(path_type=Path, dir_okay=False),
+            metavar="FILE",
+            help="The client certificate's private key.",
+        ),
+        click.option(
+            "--connect-timeout",
+            type=click.FloatRange(min=0.1, max=3600),
+            envvar="IMGSHARE_CONNECT_TIMEOUT",
+            show_envvar=True,
+            metavar="SECONDS",
+            help="Give up when the server does not answer (to connect, to TLS, to the "
+            f"imgshare handshake: each) within this long [default: "
+            f"{diagnose.CONNECT_TIMEOUT:g}].",
         ),
     ]
     for option in reversed(options):
@@ -83,22 +130,12 @@ def connection_options(function: F) -> F:
 
 
 def parse_server(server: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``host`` (default port) -> (host, port)."""
-    host, sep, port_text = server.rpartition(":")
-    if not sep or host.endswith(":") or (":" in host and not host.startswith("[")):
-        host, port_text = server, str(DEFAULT_PORT)
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"--server {server!r}: the port must be a number") from None
-    if not host or not 0 < port < 65536:
-        raise ConfigError(f"--server {server!r} is not HOST:PORT")
-    return host.strip("[]"), port
+    """``HOST:PORT``, ``[v6]:PORT``, ``HOST`` (default port), also as ``https://`` or
+    ``imgshare://`` URLs -> (host, port). Raises ``ConfigError`` saying what is wrong."""
+    return diagnose.parse_server(server)
 
 
-def server_text(host: str, port: int) -> str:
-    """The HOST:PORT form of an address, brackets around IPv6."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+server_text = diagnose.server_text
 
 
 # --- who, where and how ------------------------------------------------------------------
@@ -119,6 +156,7 @@ class Login:
     password_file: Path | None
     profile: Profile | None
     profile_path: Path
+    connect_timeout: float | None = None  # None: diagnose.CONNECT_TIMEOUT
     token: str | None = field(default=None, repr=False)
     token_from_env: bool = False
     password: str | None = field(default=None, repr=False)  # once read
@@ -197,6 +235,7 @@ def resolve_login(
     password_file: Path | None,
     client_cert: Path | None,
     client_key: Path | None,
+    connect_timeout: float | None = None,
     *,
     method: str | None = None,
     token_first: bool = False,
@@ -224,15 +263,13 @@ def resolve_login(
         )
     ca_file, ca_pem = ca, None
     if ca_file is None:
-        if profile is not None:
-            ca_pem = profile.ca_pem
-        elif DEFAULT_CA.exists():
-            ca_file = DEFAULT_CA
-        else:
+        if profile is None:
             remember = f", or run `{LOGIN_COMMAND}` once to remember it" if method is None else ""
             raise ConfigError(
-                f"give --ca CA.pem (the ca.pem of the server's certificates){remember}"
+                "give --ca CA.pem: the ca.pem of the server's certificates (DATA/certs/ca.pem "
+                f"on the server; its administrator can send it){remember}"
             )
+        ca_pem = profile.ca_pem
     explicit_cert = client_cert is not None
     if not explicit_cert and client_key is None and profile is not None:
         client_cert = _path(profile.client_cert)
@@ -241,6 +278,7 @@ def resolve_login(
     login = Login(
         host, port, ca_file, ca_pem, client_cert, client_key, method or "password",
         username or (profile.user if profile else None), password_file, profile, path,
+        connect_timeout,
     )  # fmt: skip
     if method == "none":
         return login
@@ -286,18 +324,18 @@ def _path(text: str | None) -> Path | None:
 
 
 def _check_not_expired(profile: Profile, path: Path) -> None:
-    from imgshare.store.catalog import now_ms
-
-    if profile.token_expires_ms and profile.token_expires_ms <= now_ms():
+    if profile.token_expires_ms and profile.token_expires_ms <= time.time() * 1000:
         raise ConfigError(
             f"your login as {profile.user} on {profile.server} expired at "
             f"{iso(profile.token_expires_ms)} (token in {path}): run `imgshare login` again"
         )
 
 
-def connect(login: Login) -> ClientSession:
+def connect(login: Login, *, token: str | None = None) -> ClientSession:
     """TLS, then the application handshake, checking the server against the CA at both
-    layers. Raises ``TransportError``, ``HandshakeError``, ``CertificateError``."""
+    layers; with ``token``, also log in with it in the same flight. Raises
+    ``TransportError`` (saying why, and what to do), ``HandshakeError``,
+    ``CertificateError``, and with ``token`` what ``token_login`` raises."""
     from imgshare import pki, tls
     from imgshare.client import ClientSession, ca_verifier
     from imgshare.client.profile import Profile
@@ -307,39 +345,28 @@ def connect(login: Login) -> ClientSession:
             login.ca_file, client_cert=login.client_cert, client_key=login.client_key
         )
         anchors = [pki.load_certificate(login.ca_file)]
+        source = f"--ca {login.ca_file}"
     else:
         assert login.ca_pem is not None
         context = tls.create_client_context(
             cadata=login.ca_pem, client_cert=login.client_cert, client_key=login.client_key
         )
         anchors = Profile(login.server, login.ca_pem, "").ca_certificates()
-    verifier = ca_verifier(anchors, login.host)
-    try:
-        return ClientSession.connect(login.host, login.port, context, verifier=verifier)
-    except TransportError as exc:
-        raise _transport_error(exc, login) from exc
-
-
-#: The TLS alerts a server sends when it refuses our client certificate, or its lack.
-_CERTIFICATE_ALERT = re.compile(
-    r"\b\w*ALERT_(CERTIFICATE_REQUIRED|BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_UNKNOWN)\b"
-)
-
-
-def _transport_error(exc: TransportError, login: Login) -> ImgshareError:
-    """Name the likely cause of a TLS refusal: our client certificate, or its lack."""
-    alert = _CERTIFICATE_ALERT.search(str(exc))
-    if alert is None:
-        return exc
-    refused = f"{login.server} refused the TLS connection ({alert.group(0)})"
-    if login.client_cert is None:
-        return TransportError(
-            f"{refused}: it wants a client certificate; give --client-cert and "
-            "--client-key (its administrator makes them: `imgshare certs client NAME`)"
-        )
-    return TransportError(
-        f"{refused}: it does not accept the client certificate {login.client_cert}, "
-        "which must be issued by the CA it trusts for clients"
+        source = f"the CA saved in your profile ({login.profile_path})"
+    setup = diagnose.Setup(
+        ca_source=source,
+        ca_file=login.ca_file,
+        ca_pem=login.ca_pem,
+        client_cert=str(login.client_cert) if login.client_cert else None,
+    )
+    return ClientSession.connect(
+        login.host,
+        login.port,
+        context,
+        verifier=ca_verifier(anchors, login.host),
+        token=token,
+        connect_timeout=login.connect_timeout,
+        setup=setup,
     )
 
 
@@ -396,15 +423,27 @@ def open_session(
     password_file: Path | None,
     client_cert: Path | None,
     client_key: Path | None,
+    connect_timeout: float | None = None,
 ) -> ClientSession:
     """Connect and log in (see the module docstring for how)."""
-    login = resolve_login(server, ca, username, password_file, client_cert, client_key)
+    login = resolve_login(
+        server, ca, username, password_file, client_cert, client_key, connect_timeout
+    )
     return open_login(login)
 
 
 def open_login(login: Login) -> ClientSession:
     """Connect and log in as ``login`` says. A password is read first: the server
-    gives a connection 10 s to log in, and people type slower than that."""
+    gives a connection 10 s to log in, and people type slower than that. A token
+    goes in the same flight as the handshake's end (one round trip fewer)."""
+    if login.method == "token":
+        assert login.token is not None
+        try:
+            return connect(login, token=login.token)
+        except PeerError as exc:
+            if exc.code != ErrorCode.AUTH_FAILED:
+                raise
+            raise _login_refused(exc, login) from exc
     if login.method == "password":
         login.read_password()
     session = connect(login)
@@ -422,9 +461,20 @@ def explained(action: str, *hints: tuple[ErrorCode, str]) -> Iterator[None]:
     try:
         yield
     except PeerError as exc:
-        hint = dict(hints).get(exc.code)
+        hint = dict(hints).get(exc.code) or _HINTS.get(exc.code)
         message = f"{action}: {exc}" + (f" ({hint})" if hint else "")
         raise PeerError(message, exc.code, exc.retry_after) from exc
+
+
+#: What to do about a refusal, when the command has nothing more precise to say.
+_HINTS = {ErrorCode.NOT_AN_IMAGE: f"imgshare accepts {ACCEPTED_FORMATS} images"}
+
+
+def refusal(exc: PeerError) -> str:
+    """A refusal of the server as a person reads it: its message, and for a format
+    the server does not take, the formats it does."""
+    hint = _HINTS.get(exc.code)
+    return f"{exc} ({hint})" if hint and hint not in str(exc) else str(exc)
 
 
 _NO_IMAGE_OF_YOURS = (
@@ -441,125 +491,324 @@ def until(expires_ms: int, forever: str) -> str:
     return f"until {iso(expires_ms)}" if expires_ms else forever
 
 
-# --- the image commands -------------------------------------------------------------------
+# --- image ids -------------------------------------------------------------------------------
+
+#: The shortest id prefix a command takes: 8 hex digits leave 1 in 4 billion to chance.
+MIN_PREFIX = 8
+ID_DIGITS = 32
 
 
-@click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@connection_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
-def send(files: tuple[Path, ...], as_json: bool, **connection: Any) -> None:
-    """Send image FILES to the server, end-to-end encrypted; print each receipt.
-
-    For each image it prints the HMAC it computed ("HMAC of image on client side")
-    and the server's signed receipt, whose HMAC must match (it is checked).
-    """
-    login = resolve_login(**connection)
-    session = open_login(login)
-    failures = 0
-    try:
-        for path in files:
-            try:
-                result = session.upload(path, sha256=True)
-            except PeerError as exc:
-                failures += 1
-                click.echo(f"imgshare: error: {escape(str(path))}: {exc}", err=True)
-                continue
-            except ImgshareError as exc:
-                failures += 1
-                click.echo(f"imgshare: error: {escape(str(path))}: {exc}", err=True)
-                session.close()
-                session = open_login(login)  # the connection may be unusable
-                continue
-            _print_upload(path, result, as_json)
-    finally:
-        session.close()
-    if failures:
-        raise ImgshareError(f"{failures} of {len(files)} image(s) not sent")
+def id_text(text: str) -> str:
+    """An image id or a prefix of one, as typed: checked and lower-cased before anything
+    connects. Raises ``ConfigError`` saying what an id looks like."""
+    cleaned = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]+", cleaned) or len(cleaned) > ID_DIGITS:
+        raise ConfigError(
+            f"{escape(text)!r} is not an image id: ids are {ID_DIGITS} hex digits, and the "
+            f"first {MIN_PREFIX} or more will do (see `imgshare list`)"
+        )
+    if len(cleaned) < MIN_PREFIX:
+        raise ConfigError(
+            f"{cleaned!r} is too short: give at least {MIN_PREFIX} hex digits of the id "
+            "(see `imgshare list`)"
+        )
+    return cleaned
 
 
-def _print_upload(path: Path, result: Any, as_json: bool) -> None:
-    if as_json:
-        record = {
-            "file": str(path),
-            "id": result.id,
-            "name": result.name,
-            "size": result.size,
-            "sha256": result.sha256,
-            "hmac": result.hmac,
-            "server_time": iso(result.server_time_ms),
-            "receipt_signature": result.receipt.signature.hex(),
-        }
-        click.echo(json.dumps(record))
-        return
-    click.echo(f"HMAC of image on client side: {result.hmac}")
-    click.echo(
-        f"{escape(str(path))}: stored as {result.id} ({result.size} bytes, sha256 "
-        f"{result.sha256}) at {iso(result.server_time_ms)}; signed receipt checked, "
-        "server HMAC matches"
+def resolve_ids(
+    session: ClientSession, texts: Sequence[str], *, own_only: bool
+) -> list[tuple[str, ImageEntry | None]]:
+    """Full ids for ids or unique prefixes (from ``id_text``), with their list entries
+    when a prefix had to be looked up. Prefixes are looked up among your images and
+    those shared with you (``own_only``: a match that is not yours is an error).
+    Raises ``ConfigError`` for a prefix that matches nothing, or several images (listed)."""
+    from imgshare.protocol.constants import ListScope
+
+    if all(len(text) == ID_DIGITS for text in texts):
+        return [(text, None) for text in texts]
+    own = list(session.iter_images(ListScope.OWN))
+    shared = list(session.iter_images(ListScope.SHARED_WITH_ME))
+    resolved: list[tuple[str, ImageEntry | None]] = []
+    for text in texts:
+        if len(text) == ID_DIGITS:
+            resolved.append((text, None))
+            continue
+        mine = [entry for entry in own if entry.image_id.hex().startswith(text)]
+        others = [entry for entry in shared if entry.image_id.hex().startswith(text)]
+        found = mine if own_only else mine + others
+        if len(found) == 1:
+            resolved.append((found[0].image_id.hex(), found[0]))
+            continue
+        if not found and own_only and others:
+            owners = ", ".join(sorted({escape(entry.owner) for entry in others}))
+            raise ConfigError(
+                f"{text} is an image {owners} shared with you, not yours: only its owner "
+                "can do that"
+            )
+        if not found:
+            where = "of yours" if own_only else "of yours or shared with you"
+            raise ConfigError(
+                f"no image {where} has an id starting with {text} (see `imgshare list`"
+                + ("" if own_only else " and `imgshare list --shared-with-me`")
+                + ")"
+            )
+        lines = [f"{text} matches {len(found)} images: give more digits of the id"]
+        lines += [f"  {_entry_line(entry, with_owner=not own_only)}" for entry in found[:20]]
+        if len(found) > 20:
+            lines.append(f"  ... and {len(found) - 20} more")
+        raise ConfigError("\n".join(lines))
+    return resolved
+
+
+def _entry_line(entry: ImageEntry, *, with_owner: bool) -> str:
+    owner = f"{escape(entry.owner):<16}  " if with_owner else ""
+    return (
+        f"{entry.image_id.hex()}  {human_size(entry.size):>9}  {iso(entry.created_ms)}  "
+        f"{owner}{escape(entry.name)}"
     )
 
 
-@click.command()
-@click.argument("image_id")
+def resolve_one(session: ClientSession, text: str, *, own_only: bool = True) -> str:
+    """The full id of one id or unique prefix (see ``resolve_ids``)."""
+    return resolve_ids(session, [text], own_only=own_only)[0][0]
+
+
+# --- get ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where `get` writes: one file, a folder, or standard output."""
+
+    kind: str  # "file", "folder", "stdout"
+    path: Path  # the file or folder (for stdout: unused)
+    shown: str  # as the user gave it, for messages
+
+
+def _output(output: str | None, count: int, force: bool) -> _Output:
+    """Check ``-o`` before connecting: the shape fits the ids, the place is writable.
+    Raises ``ConfigError`` naming the path as given."""
+    if output == "-":
+        if count != 1:
+            raise ConfigError("-o - writes one image to standard output: give one ID")
+        return _Output("stdout", Path("-"), "standard output")
+    if output is None:
+        folder = Path(".")
+        _check_writable(folder, "the current folder")
+        return _Output("folder", folder, "the current folder")
+    path = Path(output).expanduser()
+    if path.is_dir():
+        _check_writable(path, output)
+        return _Output("folder", path, output)
+    if output.endswith(("/", os.sep)):
+        raise ConfigError(f"cannot write to {escape(output)}: there is no such folder")
+    if count != 1:
+        raise ConfigError(
+            f"-o {escape(output)} is a file, and {count} images cannot all go there: give "
+            "a folder (it must exist) or one ID"
+        )
+    if path.exists() and not force:
+        raise ConfigError(f"{escape(output)} exists (use --force to overwrite it)")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(
+            f"cannot write {escape(output)}: there is no folder {escape(str(parent))}"
+        )
+    _check_writable(parent, output)
+    return _Output("file", path, output)
+
+
+def _check_writable(folder: Path, shown: str) -> None:
+    """Make and drop a file in ``folder``: the one test that holds for every user,
+    root included, and every file system."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write {escape(shown)}: {exc.strerror or exc}") from None
+
+
+def _unique(folder: Path, name: str) -> Path:
+    """``name`` in ``folder``, or ``stem-1.ext``, ``stem-2.ext``... if that is taken."""
+    candidate = folder / name
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem:
+        stem, suffix = name, ""
+    number = 1
+    while candidate.exists() or candidate.is_symlink():
+        candidate = folder / (f"{stem}-{number}.{suffix}" if suffix else f"{stem}-{number}")
+        number += 1
+    return candidate
+
+
+def _place(fetched: Path, folder: Path, force: bool) -> Path:
+    """Move a verified download from our temp folder into ``folder`` under its name:
+    a taken name gets a number (or, with ``force``, is replaced). Never overwrites a
+    file that appeared meanwhile unless ``force``."""
+    if force:
+        final = folder / fetched.name
+        os.replace(fetched, final)
+        return final
+    while True:
+        final = _unique(folder, fetched.name)
+        try:
+            os.link(fetched, final)  # fails if the name was taken meanwhile
+        except FileExistsError:
+            continue
+        fetched.unlink()
+        return final
+
+
+@click.command(short_help="Fetch images by id, each checked end to end.")
+@click.argument("image_ids", metavar="ID...", nargs=-1, required=True)
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Where to write the image [default: the name it was sent with, in this folder].",
+    metavar="FILE|DIR|-",
+    help="Where to write: a FILE (one ID), a folder DIR (each image under the name it was "
+    "sent with, made safe; a taken name gets a number), or - for standard output (one "
+    "ID; the messages then go to standard error) [default: the current folder].",
 )
-@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@click.option(
+    "--force", is_flag=True, help="Overwrite existing files instead of numbering or refusing."
+)
 @connection_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
-def get(image_id: str, output: Path | None, force: bool, as_json: bool, **connection: Any) -> None:
-    """Download image IMAGE_ID (yours, or one shared with you), check every chunk and
-    the uploader's HMAC, then write it."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+def get(
+    image_ids: tuple[str, ...], output: str | None, force: bool, as_json: bool, **connection: Any
+) -> None:
+    """Fetch images ID... (yours, or shared with you), check every chunk and the
+    uploader's HMAC, then write them.
+
+    ID is an image id (32 hex digits) or a unique start of one (8 or more: `imgshare
+    list` shows them). Nothing is written until an image has checked out completely.
+    """
+    import tempfile
+
+    ids = [id_text(text) for text in image_ids]
+    where = _output(output, len(ids), force)
+    out = sys.stderr if where.kind == "stdout" else sys.stdout
+    login = resolve_login(**connection)
     not_found = (
         ErrorCode.NOT_FOUND,
         "no such id, or not shared with you: see `imgshare list` and "
         "`imgshare list --shared-with-me`",
     )
-    with open_session(**connection) as session, explained(f"cannot get {image_id}", not_found):
-        result = session.download(image_id, output, overwrite=force)
+    failures = 0
+    session = open_login(login)
+    try:
+        targets = resolve_ids(session, ids, own_only=False)
+        for image_id, _ in targets:
+            try:
+                # Folders and standard output: fetched into a temp folder first (beside
+                # the destination, so the move is a rename), then placed.
+                if where.kind == "file":
+                    with explained(f"cannot get {image_id}", not_found):
+                        result = _download(session, image_id, where, where.path, force)
+                    path = result.path
+                else:
+                    base = where.path if where.kind == "folder" else None
+                    with tempfile.TemporaryDirectory(dir=base, prefix=".imgshare-get-") as tmp:
+                        with explained(f"cannot get {image_id}", not_found):
+                            result = _download(session, image_id, where, Path(tmp), force)
+                        if where.kind == "stdout":
+                            _to_stdout(result.path)
+                            path = None
+                        else:
+                            path = _place(result.path, where.path, force)
+            except PeerError as exc:
+                if len(targets) == 1:
+                    raise
+                failures += 1
+                click.echo(f"imgshare: error: {escape(str(exc))}", err=True)
+                continue
+            except ImgshareError as exc:
+                if len(targets) == 1:
+                    raise
+                failures += 1
+                click.echo(f"imgshare: error: {image_id}: {escape(str(exc))}", err=True)
+                session.close()
+                session = open_login(login)  # the connection may be unusable
+                continue
+            _print_download(result, path, as_json, out)
+    finally:
+        session.close()
+    if failures:
+        raise ImgshareError(f"{failures} of {len(ids)} image(s) not fetched")
+
+
+def _download(
+    session: ClientSession, image_id: str, where: _Output, target: Path, force: bool
+) -> Any:
+    """One download to ``target`` (a file, or a temp folder); a local failure to write
+    names the place the user chose, never our temp file."""
+    try:
+        if where.kind == "file":
+            return session.download(image_id, target, overwrite=force)
+        return session.download(image_id, folder=target, overwrite=True)
+    except StorageError as exc:
+        cause = exc.__cause__
+        why = getattr(cause, "strerror", None) or "cannot write there"
+        raise ImgshareError(f"cannot write {escape(where.shown)}: {why}") from exc
+
+
+def _to_stdout(path: Path) -> None:
+    import shutil
+
+    stream = sys.stdout.buffer
+    with path.open("rb") as source:
+        shutil.copyfileobj(source, stream, 1024 * 1024)
+    stream.flush()
+
+
+def _print_download(result: Any, path: Path | None, as_json: bool, out: Any) -> None:
+    shown = "standard output" if path is None else str(path)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "id": result.id,
-                    "name": result.name,
-                    "size": result.size,
-                    "sha256": result.sha256,
-                    "hmac": result.hmac,
-                    "path": str(result.path),
-                }
-            )
-        )
-    else:
-        click.echo(f"HMAC of image on client side: {result.hmac}")
-        click.echo(
-            f"{escape(str(result.path))}: {result.size} bytes, sha256 {result.sha256}, "
-            "HMAC verified"
-        )
+        record = {
+            "id": result.id,
+            "name": result.name,
+            "size": result.size,
+            "sha256": result.sha256,
+            "hmac": result.hmac,
+            "path": None if path is None else str(path),
+        }
+        click.echo(json.dumps(record), file=out)
+        return
+    click.echo(f"HMAC of image on client side: {result.hmac}", file=out)
+    click.echo(
+        f"{escape(shown)}: {escape(result.name)}, {human_size(result.size)}, sha256 "
+        f"{result.sha256}, HMAC verified",
+        file=out,
+    )
 
 
-@click.command("list")
+# --- list --------------------------------------------------------------------------------
+
+
+@click.command("list", short_help="List your images, or those shared with you.")
 @click.option(
     "--shared-with-me",
     is_flag=True,
     help="List the images others shared with you (with their owner) instead of yours.",
 )
 @connection_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object per image (size in bytes)."
+)
 def list_images(shared_with_me: bool, as_json: bool, **connection: Any) -> None:
     """List your images on the server (all of them, oldest first), or with
     --shared-with-me those others shared with you.
 
-    Each line: id, size in bytes, when it was stored, (owner,) name.
+    Each line: id, size, when it was stored (UTC), (owner,) name. The first 8 digits
+    of an id are enough for `imgshare get`, `share` and the others, when unique.
     """
     from imgshare.protocol.constants import ListScope
 
     scope = ListScope.SHARED_WITH_ME if shared_with_me else ListScope.OWN
     listed = False
+    lines: list[str] = []
     with open_session(**connection) as session:
         for entry in session.iter_images(scope):
             listed = True
@@ -572,18 +821,22 @@ def list_images(shared_with_me: bool, as_json: bool, **connection: Any) -> None:
                     "created": iso(entry.created_ms),
                     "hmac": entry.hmac.hex(),
                 }
-                click.echo(json.dumps(record))
-                continue
-            owner = f"{escape(entry.owner):<16}  " if shared_with_me else ""
-            click.echo(
-                f"{entry.image_id.hex()}  {entry.size:>12}  {iso(entry.created_ms)}  "
-                f"{owner}{escape(entry.name)}"
-            )
+                lines.append(json.dumps(record))
+            else:
+                lines.append(_entry_line(entry, with_owner=shared_with_me))
+            if len(lines) >= 256:
+                click.echo("\n".join(lines))
+                lines.clear()
+    if lines:
+        click.echo("\n".join(lines))
     if not listed and not as_json:
         if shared_with_me:
             click.echo("no images are shared with you", err=True)
         else:
             click.echo("you have no images yet (send one with `imgshare send FILE`)", err=True)
+
+
+# --- sharing and deleting ----------------------------------------------------------------
 
 
 def _expires_option(what: str) -> Callable[[F], F]:
@@ -606,15 +859,20 @@ def expiry(duration: str | None) -> int:
         raise ConfigError(f"--expires: {exc}") from None
 
 
-@click.command()
-@click.argument("image_id")
+@click.command(short_help="Let another user fetch one of your images.")
+@click.argument("image_id", metavar="ID")
 @click.option("--with", "recipient", required=True, metavar="USER", help="Who may see it.")
 @_expires_option("The share ends")
 @connection_options
 def share(image_id: str, recipient: str, expires: str | None, **connection: Any) -> None:
-    """Let USER fetch your image IMAGE_ID (`imgshare get`), end to end: the server
-    re-wraps its key for them and they check your HMAC. Sharing again with the same
-    USER sets a new expiry."""
+    """Let USER fetch your image ID (`imgshare get`), end to end: the server re-wraps
+    its key for them and they check your HMAC. Sharing again with the same USER sets
+    a new expiry.
+
+    \b
+    ID is an image id or a unique start of one (8 or more hex digits).
+    """
+    prefix = id_text(image_id)
     expires_ms = expiry(expires)
     no_such = (
         ErrorCode.NOT_FOUND,
@@ -622,36 +880,48 @@ def share(image_id: str, recipient: str, expires: str | None, **connection: Any)
         "images can be shared",
     )
     with open_session(**connection) as session:
-        with explained(f"cannot share {image_id} with {recipient}", no_such):
-            session.share(image_id, recipient, expires_ms)
+        full = resolve_one(session, prefix)
+        with explained(f"cannot share {full} with {escape(recipient)}", no_such):
+            session.share(full, recipient, expires_ms)
     click.echo(
-        f"shared {image_id.lower()} with {escape(recipient)} "
-        f"{until(expires_ms, 'until you unshare it')}"
+        f"shared {full} with {escape(recipient)} {until(expires_ms, 'until you unshare it')}"
     )
 
 
-@click.command()
-@click.argument("image_id")
+@click.command(short_help="Stop sharing one of your images with a user.")
+@click.argument("image_id", metavar="ID")
 @click.option("--with", "recipient", required=True, metavar="USER", help="Who may no longer.")
 @connection_options
 def unshare(image_id: str, recipient: str, **connection: Any) -> None:
-    """Stop sharing your image IMAGE_ID with USER; it stops working at once."""
-    hint = (ErrorCode.NOT_FOUND, f"see who can see it with `imgshare shares {image_id}`")
+    """Stop sharing your image ID with USER; it stops working at once.
+
+    \b
+    ID is an image id or a unique start of one (8 or more hex digits).
+    """
+    prefix = id_text(image_id)
     with open_session(**connection) as session:
-        with explained(f"cannot unshare {image_id} with {recipient}", hint):
-            session.unshare(image_id, recipient)
-    click.echo(f"{image_id.lower()} is no longer shared with {escape(recipient)}")
+        full = resolve_one(session, prefix)
+        hint = (ErrorCode.NOT_FOUND, f"see who can see it with `imgshare shares {full}`")
+        with explained(f"cannot unshare {full} with {escape(recipient)}", hint):
+            session.unshare(full, recipient)
+    click.echo(f"{full} is no longer shared with {escape(recipient)}")
 
 
-@click.command()
-@click.argument("image_id")
+@click.command(short_help="Show who can see one of your images.")
+@click.argument("image_id", metavar="ID")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per share.")
 def shares(image_id: str, as_json: bool, **connection: Any) -> None:
-    """Show who can see your image IMAGE_ID, since when and until when."""
+    """Show who can see your image ID, since when and until when.
+
+    \b
+    ID is an image id or a unique start of one (8 or more hex digits).
+    """
+    prefix = id_text(image_id)
     with open_session(**connection) as session:
-        with explained(f"cannot list the shares of {image_id}", _NO_IMAGE_OF_YOURS):
-            found = session.shares(image_id)
+        full = resolve_one(session, prefix)
+        with explained(f"cannot list the shares of {full}", _NO_IMAGE_OF_YOURS):
+            found = session.shares(full)
     for item in found:
         if as_json:
             record = {
@@ -666,26 +936,35 @@ def shares(image_id: str, as_json: bool, **connection: Any) -> None:
                 f"{until(item.expires_ms, 'until unshared')}"
             )
     if not found and not as_json:
-        click.echo(f"{image_id.lower()} is shared with nobody", err=True)
+        click.echo(f"{full} is shared with nobody", err=True)
 
 
-@click.command()
-@click.argument("image_id")
+@click.command(short_help="Delete one of your images for good.")
+@click.argument("image_id", metavar="ID")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @connection_options
 def delete(image_id: str, yes: bool, **connection: Any) -> None:
-    """Delete your image IMAGE_ID for good: its key is destroyed first, then the stored
-    image, its inbox copy and every share. There is no undo."""
-    from imgshare.client import image_id_bytes
+    """Delete your image ID for good: its key is destroyed first, then the stored
+    image, its inbox copy and every share. There is no undo.
 
-    image_id = image_id_bytes(image_id).hex()
-    if not yes:
-        if not sys.stdin.isatty():
-            raise ConfigError(f"delete asks before it deletes: pass --yes to delete {image_id}")
-        if not click.confirm(f"Delete image {image_id} for good?", err=True):
-            click.echo("nothing deleted", err=True)
-            return
-    with open_session(**connection) as session:
-        with explained(f"cannot delete {image_id}", _NO_IMAGE_OF_YOURS):
-            session.delete(image_id)
-    click.echo(f"deleted {image_id}")
+    \b
+    ID is an image id or a unique start of one (8 or more hex digits).
+    """
+    prefix = id_text(image_id)
+    if not yes and not sys.stdin.isatty():
+        raise ConfigError(f"delete asks before it deletes: pass --yes to delete {prefix}")
+    login = resolve_login(**connection)
+    full, name = prefix, ""
+    if len(prefix) < ID_DIGITS:
+        # Look the prefix up first; the question is asked with no connection open (a
+        # person may take longer to answer than the server waits).
+        with open_login(login) as session:
+            ((full, entry),) = resolve_ids(session, [prefix], own_only=True)
+        name = f" ({escape(entry.name)})" if entry is not None else ""
+    if not yes and not click.confirm(f"Delete image {full}{name} for good?", err=True):
+        click.echo("nothing deleted", err=True)
+        return
+    with open_login(login) as session:
+        with explained(f"cannot delete {full}", _NO_IMAGE_OF_YOURS):
+            session.delete(full)
+    click.echo(f"deleted {full}{name}")
