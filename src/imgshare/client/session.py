@@ -676,7 +676,12 @@ class ClientSession:
 
     # -- lifetime ------------------------------------------------------------------
 
+    #: The upload begun on this session, closed with it: a half-sent one holds its file.
+    _outgoing: OutgoingUpload | None = None
+
     def close(self) -> None:
+        if self._outgoing is not None:
+            self._outgoing.close()
         try:
             self._sock.close()
         except OSError:
@@ -764,6 +769,7 @@ class OutgoingUpload:
         self.header = header
         self._content_key = content_key
         self._source = source
+        session._outgoing = self
         self._sealer = StreamSealer(header, content_key)
         self._digest = hashlib.sha256() if sha256 else None
         self._next = 0
