@@ -17,7 +17,8 @@ import click
 from imgshare import __version__
 from imgshare.errors import ImgshareError
 
-#: name -> (module in imgshare.cli, attribute, summary for `imgshare --help`).
+#: name -> (module in imgshare.cli, or a full module path, attribute, summary for
+#: `imgshare --help`).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("serve", "serve", "Run the server (TLS, end-to-end encrypted uploads)."),
     "user": ("users", "user", "Manage user accounts (works while the server runs)."),
@@ -40,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logout": ("account", "logout", "Revoke your saved login and forget it."),
     "passwd": ("account", "passwd", "Change your password."),
     "token": ("account", "token", "Make, list and revoke API tokens for scripts."),
+    "gui": ("imgshare.gui.command", "gui", "Open the desktop client: send, browse and share."),
 }
 
 ROOT_EPILOG = """\b
@@ -61,7 +63,8 @@ class LazyGroup(click.Group):
             import importlib
 
             module_name, attribute, _ = COMMANDS[cmd_name]
-            module = importlib.import_module(f"imgshare.cli.{module_name}")
+            full = module_name if "." in module_name else f"imgshare.cli.{module_name}"
+            module = importlib.import_module(full)
             command = getattr(module, attribute)
             assert isinstance(command, click.Command)
             _document(command)
