@@ -133,3 +133,9 @@ class TryLaterError(ImgshareError):
 
 class TransportError(ImgshareError):
     """The network connection, TLS or a timeout failed."""
+
+
+class SetupError(TransportError):
+    """TLS cannot work with this setup (a certificate that is not trusted, a port
+    that does not speak TLS, a client certificate refused or missing): a new
+    connection would get the same answer, so clients do not retry it."""

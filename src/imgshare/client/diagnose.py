@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgshare.errors import ConfigError, ProtocolError, TransportError
+from imgshare.errors import ConfigError, ProtocolError, SetupError, TransportError
 from imgshare.protocol.constants import DEFAULT_PORT
 from imgshare.safetext import escape
 
@@ -193,7 +193,7 @@ def tls_failed(
     where = server_text(host, port)
     setup = setup or Setup()
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return TransportError(untrusted(exc, host, port, context, setup, timeout))
+        return SetupError(untrusted(exc, host, port, context, setup, timeout))
     if isinstance(exc, TimeoutError):
         return TransportError(
             f"{where} accepted the connection but did not answer the TLS handshake within "
@@ -208,13 +208,13 @@ def tls_failed(
     if why in _NOT_TLS:
         return not_tls(where, port, probe(host, port, timeout).first_bytes)
     if why in _NO_COMMON_VERSION:
-        return TransportError(
+        return SetupError(
             f"{where} and this client have no TLS version in common ({why}): imgshare "
             "uses TLS 1.3 (or 1.2 where the server's tls_min allows it); is it an "
             "imgshare server?"
         )
     if why in _NO_COMMON_SUITE:
-        return TransportError(
+        return SetupError(
             f"{where} and this client agree on no TLS key exchange or cipher ({why}): "
             "is it an imgshare server?"
         )
@@ -239,13 +239,13 @@ def client_certificate_refused(why: str, where: str, setup: Setup) -> TransportE
     if alert.group(1) == "CERTIFICATE_REQUIRED" or (
         setup.client_cert is None and alert.group(1) in ("BAD_CERTIFICATE", "ACCESS_DENIED")
     ):
-        return TransportError(
+        return SetupError(
             f"{refused}: it wants a client certificate (this server requires one): pass "
             "--client-cert FILE and --client-key FILE; its administrator issues them "
             "with `imgshare certs client NAME`"
         )
     which = f" {escape(setup.client_cert)}" if setup.client_cert else ""
-    return TransportError(
+    return SetupError(
         f"{refused}: it does not accept the client certificate{which} ({alert.group(0)}): "
         "it must be issued by the CA the server trusts for clients, and be valid now"
     )
@@ -262,7 +262,7 @@ def not_tls(where: str, port: int, first_bytes: bytes) -> TransportError:
         what = f"its answer begins {_shown(first_bytes)}"
     else:
         what = "its answer was not a TLS handshake"
-    return TransportError(
+    return SetupError(
         f"{where} does not speak TLS ({what}): is {port} the imgshare port? "
         f"(imgshare serves TLS on {DEFAULT_PORT} unless told otherwise)"
     )
@@ -297,7 +297,7 @@ def handshake_failed(
     from imgshare.errors import HandshakeError, PeerError
 
     if isinstance(exc, ProtocolError) and not isinstance(exc, (HandshakeError, PeerError)):
-        return TransportError(
+        return SetupError(
             f"{where} speaks TLS but not the imgshare protocol ({exc}): is {port} the "
             f"imgshare port? (imgshare serves on {DEFAULT_PORT} unless told otherwise)"
         )
