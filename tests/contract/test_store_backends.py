@@ -3,9 +3,11 @@ sweep, the storage key check and a dead worker's clean-up, on
 
 * ``embedded``: SQLite, objects and inbox in the data folder (the default);
 * ``shared``: PostgreSQL, objects in S3, the inbox in a folder of its own;
-* ``bucket``: PostgreSQL, objects and inbox copies in S3 (``S3Inbox``).
+* ``bucket``: PostgreSQL, objects and inbox copies in S3 (``S3Inbox``);
+* ``shared-radosgw`` and ``bucket-radosgw``: the same on Ceph's radosgw instead of
+  SeaweedFS, under the opt-in ``radosgw`` marker (``make test-radosgw``).
 
-PostgreSQL and SeaweedFS are the real servers the session starts (tests/services/);
+PostgreSQL, SeaweedFS and radosgw are the real servers the session starts (tests/services/);
 each test gets a database and a bucket prefix of its own. What the catalog alone must
 do is proven on both databases elsewhere (tests/unit/test_store_*.py,
 tests/contract/test_catalog_postgres.py), what a blob store must do in
@@ -35,13 +37,19 @@ from imgshare.store.images import process_holder
 from imgshare.store.keys import StorageKey
 from imgshare.store.s3 import PART_SIZE, S3BlobStore, S3Config
 from imgshare.store.s3inbox import S3Inbox
+from services.plugin import s3_test_config_of
+from services.radosgw import S3_SERVERS
 
 CHUNK = 4096
 KINDS = (
     "embedded",
     pytest.param("shared", marks=pytest.mark.postgres),
     pytest.param("bucket", marks=pytest.mark.postgres),
+    pytest.param("shared-radosgw", marks=[pytest.mark.postgres, pytest.mark.radosgw]),
+    pytest.param("bucket-radosgw", marks=[pytest.mark.postgres, pytest.mark.radosgw]),
 )
+#: The S3 tests outside ``backend`` run on each S3 server (radosgw behind its marker).
+EVERY_S3_SERVER = pytest.mark.parametrize("s3_server", S3_SERVERS, indirect=True)
 
 
 def png(side: int = 64) -> bytes:
@@ -54,7 +62,7 @@ def png(side: int = 64) -> bytes:
 
 @dataclasses.dataclass
 class Backend:
-    kind: str
+    kind: str  # "embedded", "shared" or "bucket", whatever the S3 server
     config: StoreConfig
     s3: S3Config | None
 
@@ -79,19 +87,22 @@ def _client(s3: S3Config) -> Any:
         aws_access_key_id=s3.access_key,
         aws_secret_access_key=s3.secret_key,
         region_name=s3.region,
-        config=botocore.config.Config(s3={"addressing_style": "path"}),
+        # No checksum trailer over https, which radosgw 16 refuses (docs/operations.md).
+        config=botocore.config.Config(
+            s3={"addressing_style": "path"}, request_checksum_calculation="when_required"
+        ),
     )
 
 
 @pytest.fixture(params=KINDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    kind = str(request.param)
+    kind, _, server = str(request.param).partition("-")
     key = generate_storage_key()
     data = tmp_path / "data"
     if kind == "embedded":
         return Backend(kind, StoreConfig(data=data, storage_key=key), None)
     url = request.getfixturevalue("postgres_url")
-    s3: S3Config = request.getfixturevalue("s3_test_config")
+    s3 = s3_test_config_of(request, server or "seaweedfs")
     location = f"s3://{s3.bucket}/{s3.prefix}"
     inbox = location if kind == "bucket" else str(tmp_path / "shared-inbox")
     config = StoreConfig(
@@ -279,6 +290,7 @@ def test_with_shared_storage_the_sweep_is_never_exclusive(
 
 
 @pytest.mark.postgres
+@EVERY_S3_SERVER
 def test_one_node_sweeps_at_a_time(
     postgres_url: str, tmp_path: Path, s3_test_config: S3Config
 ) -> None:
@@ -345,6 +357,7 @@ def test_forget_process_drops_a_dead_workers_reservations(
 
 
 @pytest.mark.postgres
+@EVERY_S3_SERVER
 def test_s3_inbox_names_keys_and_ignores_foreign_ones(
     s3_test_config: S3Config, tmp_path: Path
 ) -> None:

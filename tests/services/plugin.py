@@ -4,6 +4,11 @@ Registered in tests/conftest.py (``pytest_plugins``). A server starts only when 
 asks for its fixture, once per session, and is killed at the end. A server that
 cannot be started fails the tests that need it, with the reason; it never skips
 them silently.
+
+Two S3 servers: SeaweedFS (every run) and Ceph's radosgw (opt-in: the ``radosgw``
+marker, deselected by default; ``make test-radosgw``). ``s3_test_config`` reaches
+SeaweedFS unless a test parametrises ``s3_server`` (indirectly) with
+``services.radosgw.S3_SERVERS``, which runs it against both.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from collections.abc import Iterator
 import pytest
 
 from imgshare.store.s3 import S3Config
+from services.radosgw import Radosgw
+from services.radosgw import ServiceError as RadosgwError
 from services.seaweedfs import REGION, SeaweedFS, ServiceError
 
 
@@ -48,8 +55,59 @@ def s3_config(seaweedfs: SeaweedFS) -> S3Config:
     )
 
 
+@pytest.fixture(scope="session")
+def radosgw() -> Iterator[Radosgw]:
+    """A throwaway single-node Ceph cluster with radosgw on 127.0.0.1, one bucket and
+    one S3 user (tests marked ``radosgw`` only).
+
+    It serves HTTPS, with a self-signed certificate that AWS_CA_BUNDLE names for the
+    session: SeaweedFS covers plain http, radosgw the way botocore sends bodies over
+    TLS (a checksum trailer unless one is given: docs/operations.md)."""
+    server = Radosgw(tls=True)
+    failure = None
+    try:
+        server.start()
+    except RadosgwError as exc:
+        server.stop()
+        failure = f"cannot start Ceph radosgw for the S3 tests: {exc}"
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_CA_BUNDLE", str(server.ca_path))
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def radosgw_config(radosgw: Radosgw) -> S3Config:
+    """How to reach radosgw's bucket (no prefix: tests add their own)."""
+    return S3Config(
+        bucket=radosgw.bucket,
+        endpoint_url=radosgw.endpoint_url,
+        access_key=radosgw.access_key,
+        secret_key=radosgw.secret_key,
+        region=REGION,
+    )
+
+
 @pytest.fixture
-def s3_test_config(s3_config: S3Config) -> S3Config:
-    """The session's bucket under a prefix of this test's own, so tests never see
-    each other's objects or uploads."""
-    return dataclasses.replace(s3_config, prefix=f"test-{secrets.token_hex(6)}")
+def s3_server(request: pytest.FixtureRequest) -> str:
+    """Which S3 server ``s3_test_config`` reaches: "seaweedfs" unless parametrised."""
+    return str(getattr(request, "param", "seaweedfs"))
+
+
+def s3_test_config_of(request: pytest.FixtureRequest, server: str) -> S3Config:
+    """The bucket of ``server`` ("seaweedfs" or "radosgw", started if need be) under a
+    prefix of this test's own, so tests never see each other's objects or uploads."""
+    base: S3Config = request.getfixturevalue(
+        {"seaweedfs": "s3_config", "radosgw": "radosgw_config"}[server]
+    )
+    return dataclasses.replace(base, prefix=f"test-{secrets.token_hex(6)}")
+
+
+@pytest.fixture
+def s3_test_config(s3_server: str, request: pytest.FixtureRequest) -> S3Config:
+    """The bucket of ``s3_server`` under a prefix of this test's own."""
+    return s3_test_config_of(request, s3_server)

@@ -25,6 +25,7 @@ shared. Not fork-safe: make the store in the process that uses it (each worker).
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -32,6 +33,7 @@ import re
 import tempfile
 import threading
 import urllib.parse
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,7 +218,19 @@ class S3BlobStore:
             region_name=config.region,
             signature_version="s3v4",
             # Path style for S3-compatible servers (no DNS per bucket); AWS picks.
-            s3={"addressing_style": "path" if config.endpoint_url else "auto"},
+            s3={
+                "addressing_style": "path" if config.endpoint_url else "auto",
+                # No SHA-256 of every body for the signature: over https botocore already
+                # leaves it out when a checksum header is there; this does the same
+                # over http (an endpoint on a trusted network), where it cost about
+                # 2.5 ms of CPU per 4 MB PUT (docs/performance.md, "Several nodes").
+                # The body is still checked: the CRC32 checksum below is a signed
+                # header the server verifies, and sealed objects carry their own tags.
+                "payload_signing_enabled": False,
+            },
+            # A checksum on every PUT and part, whatever AWS_REQUEST_CHECKSUM_CALCULATION
+            # says (botocore's default already, made explicit).
+            request_checksum_calculation="when_supported",
             retries={"mode": "standard", "max_attempts": 3},
             max_pool_connections=max_connections,
             connect_timeout=connect_timeout,
@@ -505,7 +519,12 @@ class S3BlobStore:
     def _put(self, key: str, body: bytes | bytearray, what: str) -> None:
         try:
             # botocore takes a bytearray as it is (its stubs say bytes): no copy.
-            self._client.put_object(Bucket=self.config.bucket, Key=key, Body=body)  # type: ignore[arg-type]
+            self._client.put_object(
+                Bucket=self.config.bucket,
+                Key=key,
+                Body=body,  # type: ignore[arg-type]
+                ChecksumCRC32=crc32_header(body),
+            )
         except self._errors as exc:
             self._fail("store", what, exc)
 
@@ -533,6 +552,7 @@ class S3BlobStore:
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=body,  # type: ignore[arg-type]
+                ChecksumCRC32=crc32_header(body),
             )
         except self._errors as exc:
             self._fail(f"upload part {number} of", what, exc)
@@ -550,6 +570,18 @@ class S3BlobStore:
             )
         except self._errors as exc:
             self._fail("complete the multipart upload of", what, exc)
+
+
+def crc32_header(body: bytes | bytearray) -> str:
+    """The ``x-amz-checksum-crc32`` value of ``body``: its CRC32, base64 of 4 bytes.
+
+    Given with each PUT and part rather than left to botocore, which over https sends
+    it in a trailer after an aws-chunked body (STREAMING-UNSIGNED-PAYLOAD-TRAILER),
+    which S3 servers older than that trailer refuse: Ceph radosgw 16 answers every
+    write "411 MissingContentLength" (docs/operations.md, "S3-compatible servers").
+    As a header it is the same checksum, which every server takes, computed once
+    (botocore computes none when one is given)."""
+    return base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
 
 
 def error_code(exc: Exception) -> tuple[str, str]:
