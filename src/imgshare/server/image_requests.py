@@ -30,7 +30,9 @@ from imgshare.store.access import MAX_INTEGER
 from imgshare.store.catalog import now_ms
 
 if TYPE_CHECKING:
+    from imgshare.protocol.stream import UploadHeader
     from imgshare.server.session import Session
+    from imgshare.server.uploads import MemoryHold
 
 log = logging.getLogger("imgshare.server.session")
 
@@ -55,24 +57,16 @@ def upload_begin(session: Session, event: ev.Event) -> Answers:
     service = session.service
     header = event.header
     try:
-        memory = service.upload_memory.hold(
-            buffer_memory(header.chunk_size, header.size) + service.store.writer_memory(header.size)
-        )
+        memory = _hold_memory(session, header)
     except TryLaterError as exc:
-        service.events.event(
-            "upload_deferred", f"upload deferred: {exc}", session.peer, user=user.name
-        )
-        yield try_later(exc)
+        yield _deferred(session, exc)
         return
     try:
         pending = service.store.begin(user, header, event.content_key)
         session.upload = Upload(service, event, pending, memory)
     except TryLaterError as exc:
         memory.release()
-        service.events.event(
-            "upload_deferred", f"upload deferred: {exc}", session.peer, user=user.name
-        )
-        yield try_later(exc)
+        yield _deferred(session, exc)
         return
     except QuotaError as exc:
         memory.release()
@@ -85,6 +79,15 @@ def upload_begin(session: Session, event: ev.Event) -> Answers:
         yield error(ErrorCode.STORAGE_FAILED, "the server cannot store images right now")
         return
     yield ev.UploadReady(0)
+
+
+def _hold_memory(session: Session, header: UploadHeader) -> MemoryHold:
+    """The upload memory an upload of ``header`` may need at most, held for it.
+    Raises ``TryLaterError`` when the process's budget is spent."""
+    service = session.service
+    return service.upload_memory.hold(
+        buffer_memory(header.chunk_size, header.size) + service.store.writer_memory(header.size)
+    )
 
 
 def _deferred(session: Session, exc: TryLaterError) -> ev.Error:
@@ -104,9 +107,7 @@ def upload_resume(session: Session, event: ev.Event) -> Answers:
     service = session.service
     header = event.header
     try:
-        memory = service.upload_memory.hold(
-            buffer_memory(header.chunk_size, header.size) + service.store.writer_memory(header.size)
-        )
+        memory = _hold_memory(session, header)
     except TryLaterError as exc:
         yield _deferred(session, exc)
         return
