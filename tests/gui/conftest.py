@@ -9,6 +9,7 @@ and says what to install: a GUI test that skipped itself would prove nothing.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -32,6 +33,16 @@ INSTALL = "run `make services` (scripts/services/install-xvfb.sh installs xvfb a
 SCREEN = "1200x760x24"
 #: No TCP listener (local socket only), and no reset when the last client leaves.
 QUIET = ("-nolisten", "tcp", "-noreset")
+
+
+@pytest.fixture(autouse=True)
+def tk_objects_freed_on_this_thread() -> Iterator[None]:
+    """Collect a test's Tk objects (variables, images, widgets) on the main thread as
+    it ends. Left to the garbage collector they may be freed later on any thread,
+    say a server thread of another test, where Tk refuses ("main thread is not in
+    main loop") and that test fails for it."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
