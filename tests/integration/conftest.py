@@ -44,9 +44,11 @@ from imgshare.client import ClientSession
 def _no_personal_profile(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Client commands never read or write the login profile of whoever runs the
-    tests: the default profile folder is an empty one of the test's own."""
+    """Client commands never read or write the login profile or the resume records
+    of whoever runs the tests: their default folders are empty ones of the test's own."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.delenv("IMGSHARE_RESUME_DIR", raising=False)
 
 
 @pytest.fixture

@@ -4,6 +4,15 @@ with real files and real images made with Pillow (issue 12, item 1).
 
 Most tests log in once with `imgshare login` (a token in a profile of the test's
 own), as the README tells people to, so `send` runs with its default parallelism.
+
+Resume (docs/client.md, "Resuming"; docs/protocol.md, 7.10): `send` runs through a
+``Gate``, a TCP relay in front of the server that forwards the client's bytes only up
+to a budget and then stalls, as a hung network does. That makes "killed mid-upload"
+deterministic: the test waits until the server made part of the upload durable and
+the link is stalled, then kills `send` (SIGKILL, Ctrl-C) or cuts the link, and runs
+the same command again. What the session-level tests of tests/integration/
+test_resume.py already prove (a dropped session resumes, a receipt lost after
+UPLOAD_END, another user, expiry, another worker process) is not repeated here.
 """
 
 from __future__ import annotations
@@ -16,9 +25,11 @@ import pty
 import re
 import select
 import signal
+import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,28 +48,57 @@ from helpers import (
 )
 from PIL import Image
 
+from imgshare.cli.units import human_size
 from imgshare.client.metadata import strip_metadata
 from imgshare.protocol.events import ReceiptBody
 from imgshare.protocol.keys import public_key_of, verify
+from imgshare.protocol.stream import UploadHeader
+from imgshare.store import open_catalog
+from imgshare.store.resumable import PartialUpload
 
 STORED = re.compile(r"^(\S+): stored as ([0-9a-f]{32}) \((\d+) bytes", re.MULTILINE)
 
 
 class Person:
-    """Someone at a shell with a profile of their own (``IMGSHARE_CONFIG``)."""
+    """Someone at a shell with a profile of their own (``IMGSHARE_CONFIG``) and a
+    state folder of their own (``XDG_STATE_HOME``: where resume records go). ``port``:
+    where they reach the server (a ``Gate``'s), by default the server's own."""
 
-    def __init__(self, server: RunningServer, home: Path, name: str = "alice") -> None:
+    def __init__(
+        self, server: RunningServer, home: Path, name: str = "alice", port: int | None = None
+    ) -> None:
         self.server = server
         self.home = home
         self.name = name
-        self.env = {"IMGSHARE_CONFIG": str(home / "profile.json")}
+        self.port = server.port if port is None else port
+        self.env = {
+            "IMGSHARE_CONFIG": str(home / "profile.json"),
+            "XDG_STATE_HOME": str(home / "state"),
+        }
         (home / "password").write_text(PASSWORD + "\n")
+
+    @property
+    def resume_folder(self) -> Path:
+        """Where `send` keeps resume records by default, with ``XDG_STATE_HOME`` set."""
+        return self.home / "state" / "imgshare" / "resume"
+
+    def start(self, *args: str | Path) -> subprocess.Popen[str]:
+        """`imgshare ARGS` running in the background, stdout and stderr piped."""
+        return subprocess.Popen(
+            [IMGSHARE, *map(str, args)],
+            cwd=self.home,
+            env=environment(self.env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def login(self) -> None:
         done = self.run(
             "login",
             "--server",
-            f"localhost:{self.server.port}",
+            f"localhost:{self.port}",
             "--ca",
             self.server.ca,
             "--user",
@@ -423,3 +463,497 @@ def test_ctrl_c_stops_cleanly(alice: Person, server: RunningServer) -> None:
     # the half-sent upload is dropped: nothing is left behind in the data folder
     wait_until(lambda: not list((server.data / "tmp").glob("*")), timeout=10)
     assert len(inbox_files(server.data, "alice")) == stored
+
+
+# --- resume: a cut upload goes on where the server kept it ------------------------------------
+
+MIB = 1024 * 1024
+#: The server makes an upload durable after every MiB here (4 chunks of 256 KiB).
+SYNC = MIB
+#: `send`'s chunks for a file of 16 MiB or less.
+CHUNK = 256 * 1024
+
+
+class Gate:
+    """A TCP relay in front of the server, standing for the network between `send`
+    and the server. What the client sends is forwarded only up to a budget (``allow``);
+    then the link stalls, as a hung network does, until more is allowed or it is
+    ``open``. ``cut`` drops every connection at once, both ways. Not a mock: the bytes
+    are the real TLS stream, passed on unchanged.
+
+    A client killed while the link is stalled cannot tell the server either: its
+    goodbye waits behind the bytes the link holds, as on a hung network, and the
+    server notices only after its minimum-rate window (20 s). The tests ``cut`` the
+    link once the client is gone, so that the server notices at once."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.forwarded = 0  # client -> server bytes, all connections
+        self.budget: int | None = None  # None: no limit
+        self.closed = False
+        self._cond = threading.Condition()
+        self._sockets: list[socket.socket] = []
+        self._servers: set[socket.socket] = set()  # the server's side of each connection
+        self._holding = False  # keep the server's sides open, silent (``drop_clients``)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def allow(self, more: int) -> None:
+        """Let ``more`` bytes of the client's through from now on, then stall."""
+        with self._cond:
+            self.budget = self.forwarded + more
+            self._cond.notify_all()
+
+    def open(self) -> None:
+        with self._cond:
+            self.budget = None
+            self._cond.notify_all()
+
+    @property
+    def stalled(self) -> bool:
+        with self._cond:
+            return self.budget is not None and self.forwarded >= self.budget
+
+    def cut(self) -> None:
+        """The network goes: every connection through the gate ends, both sides."""
+        with self._cond:
+            sockets, self._sockets = self._sockets, []
+            self._cond.notify_all()
+        for each in sockets:
+            try:
+                each.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            each.close()
+
+    def drop_clients(self) -> None:
+        """The client's side of every connection goes, the server's stays open and
+        silent: a client whose network died, before the server noticed."""
+        with self._cond:
+            self._holding = True
+            clients = [each for each in self._sockets if each not in self._servers]
+        for each in clients:
+            try:
+                each.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def release_servers(self) -> None:
+        """The server notices at last: the connections ``drop_clients`` left end."""
+        with self._cond:
+            self._holding = False
+        self.cut()
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        self.cut()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._cond:
+                self._sockets += [client, server]
+                self._servers.add(server)
+            for args in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, metered: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                view = memoryview(data)
+                while view:
+                    count = len(view)
+                    if metered:
+                        with self._cond:
+                            while self.budget is not None and self.forwarded >= self.budget:
+                                if self.closed:
+                                    return
+                                self._cond.wait(0.05)
+                            if self.budget is not None:
+                                count = min(count, self.budget - self.forwarded)
+                            self.forwarded += count
+                    sink.sendall(view[:count])
+                    view = view[count:]
+        except OSError:
+            pass
+        finally:
+            for each in (source, sink):
+                if self._holding and each in self._servers:
+                    continue
+                try:
+                    each.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@pytest.fixture
+def gated(
+    make_server: Callable[..., RunningServer], tmp_path: Path
+) -> Iterator[tuple[RunningServer, Gate, Person]]:
+    """A server that makes uploads durable every MiB, a ``Gate`` in front of it, and
+    alice logged in through the gate (her profile names the gate's port)."""
+    server = make_server(upload_sync_bytes=SYNC)
+    gate = Gate(server.port)
+    home = tmp_path / "alice-home"
+    home.mkdir()
+    person = Person(server, home, port=gate.port)
+    person.login()
+    yield server, gate, person
+    gate.close()
+
+
+def big_image(path: Path, seed: int = 7) -> Path:
+    """A noise BMP of 10,545,054 bytes (over the 8 MiB a file needs for a resume
+    record): 41 chunks of 256 KiB, whatever the seed."""
+    return noise_image(path, "BMP", (1900, 1850), seed=seed)
+
+
+def partials(data: Path) -> list[PartialUpload]:
+    with open_catalog(data) as catalog:
+        return [p for user in catalog.list_users() for p in catalog.partials_of(user.id)]
+
+
+def durable(data: Path) -> int:
+    """Durable chunks of the one upload in flight or kept (0 if none yet)."""
+    rows = partials(data)
+    assert len(rows) <= 1, rows
+    return rows[0].durable_chunks if rows else 0
+
+
+def kept_upload(server: RunningServer, gate: Gate) -> PartialUpload:
+    """The one kept upload, once the client is gone: the gate drops the link (see
+    ``Gate``) and the server, noticing, parks the upload."""
+    gate.cut()
+    wait_until(lambda: server.server.service.upload_memory.used == 0, timeout=15)
+    (row,) = partials(server.data)
+    return row
+
+
+def cut_mid_upload(server: RunningServer, gate: Gate, after: int) -> None:
+    """Wait until the server made more than ``after`` chunks durable and the link is
+    stalled: the upload is cut mid-way, with a durable part."""
+    wait_until(lambda: gate.stalled and durable(server.data) > after, timeout=20)
+
+
+def resume_record(person: Person) -> dict[str, Any]:
+    """The one resume record: checked private (0600 in a 0700 folder), then parsed."""
+    (record,) = person.resume_folder.glob("*.json")
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert person.resume_folder.stat().st_mode & 0o777 == 0o700
+    parsed: dict[str, Any] = json.loads(record.read_bytes())
+    return parsed
+
+
+def collect(stream: Any) -> list[str]:
+    """The lines of ``stream`` as they come (a thread reads them)."""
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def assert_one_intact_copy(person: Person, image: Path) -> str:
+    """`imgshare list` shows exactly one image, and `imgshare get` of it gives back
+    the file's bytes; the server keeps no partial upload."""
+    listed = person.run("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json_lines(listed.stdout)
+    out = person.home / "fetched.bmp"
+    got = person.run("get", entry["id"], "-o", out, "--force")
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == image.read_bytes()
+    assert partials(person.server.data) == []
+    return str(entry["id"])
+
+
+def test_a_killed_then_interrupted_send_resumes_and_stores_one_copy(
+    gated: tuple[RunningServer, Gate, Person],
+) -> None:
+    """SIGKILL mid-upload, the same command again (it resumes), Ctrl-C mid-upload,
+    the same command once more: it goes on from the last durable chunk each time, and
+    the server ends with one intact copy."""
+    server, gate, alice = gated
+    image = big_image(alice.home / "big.bmp")
+    size = image.stat().st_size
+
+    gate.allow(3 * MIB)
+    first = alice.start("send", image, "--json")
+    try:
+        cut_mid_upload(server, gate, after=0)
+        record = resume_record(alice)  # written before the upload began
+        assert record["file"]["path"] == str(image)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        first.kill()
+        out, _ = first.communicate()
+    assert out == ""  # nothing was stored
+    kept = kept_upload(server, gate)
+    assert 0 < kept.durable_chunks < 41
+
+    gate.allow(3 * MIB)
+    second = alice.start("send", image)
+    try:
+        assert second.stderr is not None
+        lines = collect(second.stderr)
+        cut_mid_upload(server, gate, after=kept.durable_chunks)
+        assert resume_record(alice)["content_key"] == record["content_key"]  # same upload
+        second.send_signal(signal.SIGINT)
+        second.wait(timeout=15)
+    finally:
+        second.kill()
+        second.communicate()
+    assert second.returncode == 130
+    resumed = kept.durable_chunks * CHUNK
+    assert lines[0] == (
+        f"imgshare: resuming {image} at {human_size(resumed)} of {human_size(size)} (the "
+        "part the server kept is not sent again)\n"
+    )
+    assert lines[-1] == (
+        "imgshare: interrupted: 0 of 1 image(s) sent and stored; the uploads under way "
+        "were stopped, the server keeps what it made durable of 1 of them: run the same "
+        "command again to resume\n"
+    )
+    assert "Traceback" not in "".join(lines)
+    again = kept_upload(server, gate)
+    assert again.upload_id == kept.upload_id and again.durable_chunks > kept.durable_chunks
+
+    gate.open()
+    third = alice.send(image, "--json")
+    assert third.returncode == 0, third.stderr
+    (receipt,) = json_lines(third.stdout)
+    assert receipt["resumed_from"] == again.durable_chunks * CHUNK  # not from 0
+    assert receipt["upload_id"] == record_upload_id(record)  # the upload begun by the first
+    assert receipt["size"] == size and receipt["id"] == again.image_id
+    assert assert_one_intact_copy(alice, image) == receipt["id"]
+    assert list(alice.resume_folder.glob("*.json")) == []  # the key went with the record
+
+
+def record_upload_id(record: dict[str, Any]) -> str:
+    return UploadHeader.parse(bytes.fromhex(record["header"])).upload_id.hex()
+
+
+def test_a_file_changed_between_runs_is_sent_afresh_with_a_new_key(
+    gated: tuple[RunningServer, Gate, Person],
+) -> None:
+    """The same size and modification time, other bytes: the record's digests catch
+    it, and the rerun is a new upload under a new content key and upload id (no key
+    and nonce ever seal two plaintexts); what is stored is the new file."""
+    server, gate, alice = gated
+    image = big_image(alice.home / "photo.bmp")
+    gate.allow(3 * MIB)
+    first = alice.start("send", image, "--json")
+    try:
+        cut_mid_upload(server, gate, after=0)
+        old = resume_record(alice)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        first.kill()
+        first.communicate()
+    kept = kept_upload(server, gate)
+
+    info = image.stat()
+    changed = big_image(alice.home / "other.bmp", seed=8).read_bytes()
+    assert len(changed) == info.st_size
+    image.write_bytes(changed)
+    os.utime(image, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+    gate.allow(2 * MIB)
+    second = alice.start("send", image, "--json")
+    try:
+
+        def new_record() -> dict[str, Any] | None:
+            found = list(alice.resume_folder.glob("*.json"))  # none while it hashes
+            record = resume_record(alice) if found else None
+            return record if record and record["content_key"] != old["content_key"] else None
+
+        new: dict[str, Any] = wait_until(new_record, timeout=20)
+        wait_until(lambda: gate.stalled, timeout=20)  # the new upload is under way
+        gate.open()
+        out, err = second.communicate(timeout=60)
+    finally:
+        second.kill()
+    assert second.returncode == 0, err
+    assert "resuming" not in err
+    assert record_upload_id(new) != record_upload_id(old)
+    old_header = UploadHeader.parse(bytes.fromhex(old["header"]))
+    new_header = UploadHeader.parse(bytes.fromhex(new["header"]))
+    assert new_header.nonce_prefix != old_header.nonce_prefix
+    assert new["sha256"] != old["sha256"]
+    (receipt,) = json_lines(out)
+    assert receipt["resumed_from"] == 0
+    assert receipt["upload_id"] == record_upload_id(new)
+    assert receipt["sha256"] == hashlib.sha256(changed).hexdigest()
+    rows = catalog_images(server.data)
+    assert [row["id"] for row in rows] == [receipt["id"]]
+    assert receipt["id"] != kept.image_id
+    fetched = alice.home / "fetched.bmp"
+    assert alice.run("get", receipt["id"], "-o", fetched).returncode == 0
+    assert fetched.read_bytes() == changed
+    # The old upload's durable part was never touched by the new bytes. Version 1 of
+    # the protocol has no request to drop it, so the server keeps it parked, invisible
+    # and unreadable without the old key, until it expires or makes room for another
+    # (tests/integration/test_resume.py proves both).
+    assert [p.upload_id for p in partials(server.data)] == [kept.upload_id]
+    assert list(alice.resume_folder.glob("*.json")) == []
+
+
+def test_a_dropped_connection_is_retried_as_a_resume(
+    gated: tuple[RunningServer, Gate, Person],
+) -> None:
+    """The network goes mid-upload while `send` runs: it retries by itself, and the
+    retry resumes (``resumed_from`` > 0) instead of starting again."""
+    server, gate, alice = gated
+    image = big_image(alice.home / "big.bmp")
+    gate.allow(3 * MIB)
+    proc = alice.start("send", image, "--json")
+    try:
+        cut_mid_upload(server, gate, after=0)
+        before = durable(server.data)
+        gate.cut()
+        gate.open()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    (receipt,) = json_lines(out)
+    assert before * CHUNK <= receipt["resumed_from"] < receipt["size"]
+    assert receipt["resumed_from"] % CHUNK == 0
+    assert assert_one_intact_copy(alice, image) == receipt["id"]
+
+
+def test_a_resume_waits_while_the_server_still_holds_the_upload(
+    gated: tuple[RunningServer, Gate, Person], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's network dies but the server has not noticed yet: `send` retries,
+    its resume is answered TRY_LATER (the old connection still holds the upload), it
+    waits as told and asks again, and once the server lets go it goes on from there."""
+    server, gate, alice = gated
+    image = big_image(alice.home / "big.bmp")
+    gate.allow(3 * MIB)
+    proc = alice.start("send", image, "--json")
+    try:
+        cut_mid_upload(server, gate, after=0)
+        gate.drop_clients()
+        gate.open()
+        held = "upload deferred: this upload is still being received on another connection"
+        wait_until(lambda: any(held in r.getMessage() for r in caplog.records), timeout=20)
+        assert proc.poll() is None  # waiting it out, not failed
+        gate.release_servers()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    (receipt,) = json_lines(out)
+    assert 0 < receipt["resumed_from"] < receipt["size"]
+    assert assert_one_intact_copy(alice, image) == receipt["id"]
+
+
+def test_a_resumed_upload_on_a_terminal(gated: tuple[RunningServer, Gate, Person]) -> None:
+    """The bars of a resumed upload: the note above them, the file's bar from where
+    the server was, and one copy at the end."""
+    server, gate, alice = gated
+    image = big_image(alice.home / "big.bmp")
+    gate.allow(3 * MIB)
+    first = alice.start("send", image)
+    try:
+        cut_mid_upload(server, gate, after=0)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        first.kill()
+        first.communicate()
+    kept = kept_upload(server, gate)
+    gate.open()
+
+    screen, status = on_terminal([IMGSHARE, "send", str(image)], alice.env, alice.home)
+
+    assert status == 0, screen
+    resumed = human_size(kept.durable_chunks * CHUNK)
+    assert f"imgshare: resuming {image} at {resumed} of " in screen.replace("\r\n", " ")
+    assert "━" in screen and "100%" in screen
+    assert screen.count("stored as ") == 1 and "Traceback" not in screen
+    assert assert_one_intact_copy(alice, image)
+
+
+def test_no_resume_keeps_no_record(gated: tuple[RunningServer, Gate, Person]) -> None:
+    """--no-resume: no record is written, and a cut upload starts again from 0."""
+    server, gate, alice = gated
+    image = big_image(alice.home / "big.bmp")
+    gate.allow(3 * MIB)
+    proc = alice.start("send", image, "--json", "--no-resume")
+    try:
+        wait_until(lambda: gate.stalled, timeout=20)
+        assert not alice.resume_folder.exists()
+        gate.cut()
+        gate.open()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    (receipt,) = json_lines(out)
+    assert receipt["resumed_from"] == 0
+    assert not alice.resume_folder.exists()
+    assert len(catalog_images(server.data)) == 1
+
+
+# --- thumbnails: get --thumbnail ---------------------------------------------------------
+
+
+def test_get_thumbnail_writes_a_small_image(alice: Person, server: RunningServer) -> None:
+    photo = noise_image(alice.home / "wide.jpg", "JPEG", (1200, 800), seed=11)
+    sent = alice.send(photo, "--json")
+    assert sent.returncode == 0, sent.stderr
+    image_id = json_lines(sent.stdout)[0]["id"]
+    folder = alice.home / "thumbs"
+    folder.mkdir()
+
+    got = alice.run("get", "--thumbnail", image_id[:8], "-o", folder, "--json")
+
+    assert got.returncode == 0, got.stderr
+    (record,) = json_lines(got.stdout)
+    path = folder / f"{image_id}.thumb.jpg"
+    assert record == {
+        "id": image_id,
+        "thumbnail": True,
+        "width": 256,
+        "height": 171,
+        "media_type": "image/jpeg",
+        "size": path.stat().st_size,
+        "path": str(path),
+    }
+    with Image.open(path) as thumb:
+        thumb.load()
+        assert thumb.format == "JPEG" and thumb.size == (256, 171)
+        assert max(thumb.size) <= 256
+        assert not thumb.getexif()
+    # standard output, and a file named with -o
+    to_stdout = subprocess.run(
+        [IMGSHARE, "get", "-t", image_id, "-o", "-"],
+        cwd=alice.home,
+        env=environment(alice.env),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert to_stdout.returncode == 0, to_stdout.stderr
+    assert to_stdout.stdout == path.read_bytes()
+    named = alice.run("get", "--thumbnail", image_id, "-o", alice.home / "t.jpg")
+    assert named.returncode == 0, named.stderr
+    assert (alice.home / "t.jpg").read_bytes() == path.read_bytes()
+    assert named.stdout.startswith(f"{alice.home / 't.jpg'}: thumbnail of {image_id}, 256x171 ")
+    # not an image of hers: the words of `get`
+    missing = alice.run("get", "--thumbnail", "0" * 32)
+    assert missing.returncode == 1
+    assert "no such id, or not shared with you" in missing.stderr

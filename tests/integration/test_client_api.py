@@ -8,14 +8,21 @@ import os
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import PASSWORD, RunningServer, noise_image
+from helpers import PASSWORD, RunningServer, noise_bytes, noise_image, wait_until
+from PIL import Image
 
 import imgshare
-from imgshare.errors import ImgshareError, PeerError
+from imgshare import pki
+from imgshare.client.metadata import strip_metadata
+from imgshare.client.resume import ResumeStore
+from imgshare.errors import ImgshareError, PeerError, SetupError
 from imgshare.protocol.constants import ErrorCode
+from imgshare.store import open_catalog
 
 DOCS = Path(__file__).parents[2] / "docs" / "client.md"
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -52,6 +59,7 @@ def _env(home: Path) -> dict[str, str]:
     return {
         **os.environ,
         "IMGSHARE_CONFIG": str(home / "profile.json"),
+        "XDG_STATE_HOME": str(home / "state"),  # resume records: the test's own
         "IMGSHARE_PASSWORD": PASSWORD,
         "PYTHONPATH": os.pathsep.join(sys.path),
     }
@@ -75,15 +83,19 @@ def test_the_examples_in_docs_client_md(server: RunningServer, home: Path) -> No
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "logged in as alice" in out
-    assert re.search(r"^done beach\.png", out, re.MULTILINE)
-    assert re.search(r"^done dunes\.jpg", out, re.MULTILINE)
+    assert re.search(r"^done beach\.png", out, re.MULTILINE), out
+    assert re.search(r"^done dunes\.jpg", out, re.MULTILINE), out
     assert "notes.txt" not in out.replace("skipped notes.txt", "")  # skipped, never sent
     assert re.search(r"^stored as [0-9a-f]{32} owner alice$", out, re.MULTILINE)
     assert "['bob']" in out  # the share the example made
     assert re.search(r"downloads/\S+ \d+ bytes, HMAC [0-9a-f]{64}", out)
     assert "no such image:" in out
-    # The example deleted the newest image: two sends by send(), one step by step.
-    assert re.search(r"^2 images left$", out, re.MULTILINE)
+    # A small photo has no resume record: begin_upload(resume=True) starts at 0.
+    assert re.search(r"^starting at byte 0 of \d+$", out, re.MULTILINE)
+    assert re.search(r"^stored dunes\.jpg as [0-9a-f]{32}$", out, re.MULTILINE)
+    # The example deleted the newest image: two sends by send(), one step by step, one
+    # with resume=True.
+    assert re.search(r"^3 images left$", out, re.MULTILINE)
 
 
 def test_step_by_step_upload_through_public_names(server: RunningServer, tmp_path: Path) -> None:
@@ -124,3 +136,88 @@ def test_wrong_password_and_missing_image_are_typed_errors(
         assert not (tmp_path / "nothing.png").exists()
     with pytest.raises(ImgshareError):
         imgshare.Client(f"localhost:{server.port}", ca=server.ca, pin="00" * 32)
+
+
+def test_a_cut_step_by_step_upload_is_resumed_by_send_with_progress_from_there(
+    make_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Public names only: ``begin_upload(resume=True)`` cut after a few chunks (the
+    client closed: a dropped connection), then ``Client.send`` of the same file goes
+    on from the last durable chunk, and its first "sending" report starts there."""
+    server = make_server(upload_sync_bytes=64 * 1024)
+    image = noise_image(tmp_path / "big.bmp", "BMP", size=(1000, 1000), seed=4)  # 12 chunks
+    store = ResumeStore(tmp_path / "resume", min_size=0)
+    with imgshare.Client(f"localhost:{server.port}", ca=server.ca) as client:
+        client.login("alice", PASSWORD)
+        upload = client.begin_upload(image, resume=True, resume_store=store)
+        assert (upload.next_chunk, upload.sent, upload.chunk_count) == (0, 0, 12)
+        upload.send_chunks(7)
+        wait_until(lambda: durable_chunks(server) >= 6)  # made durable by the server
+    # closed mid-upload: the server parks the upload with its durable chunks
+
+    reports: list[imgshare.Progress] = []
+    with imgshare.Client(f"localhost:{server.port}", ca=server.ca) as client:
+        client.login("alice", PASSWORD)
+        (last,) = client.send([image], progress=reports.append, resume_store=store)
+        assert last.state == "done" and last.result is not None
+        sending = [r for r in reports if r.state == "sending"]
+        first = sending[0]
+        assert first.resumed > 0 and first.sent == first.resumed  # starts where it was
+        assert first.resumed % (256 * 1024) == 0 and first.resumed < first.total
+        assert all(r.resumed == first.resumed and r.resumable for r in sending)
+        assert last.result.receipt.body.upload_id == upload.header.upload_id  # same upload
+        (entry,) = client.list()
+        assert entry.image_id.hex() == last.result.id
+        client.get(last.result.id, tmp_path / "back.bmp")
+    assert (tmp_path / "back.bmp").read_bytes() == image.read_bytes()
+    assert list(store.records()) == []
+
+
+def durable_chunks(server: RunningServer) -> int:
+    with open_catalog(server.data) as catalog:
+        rows = [p for user in catalog.list_users() for p in catalog.partials_of(user.id)]
+    return rows[0].durable_chunks if rows else 0
+
+
+def test_an_upload_with_metadata_stripped_resumes_too(
+    make_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """The record keeps the digests of the stripped bytes under the file's identity:
+    stripping again gives the same bytes, so the upload goes on; what is stored is the
+    stripped file."""
+    server = make_server(upload_sync_bytes=64 * 1024)
+    image = Image.frombytes("RGB", (1600, 1200), noise_bytes(1600 * 1200 * 3, seed=6))
+    exif = Image.Exif()
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (48.0, 51.0, 29.5)
+    photo = tmp_path / "trip.jpg"
+    image.save(photo, "JPEG", quality=90, exif=exif)
+    stripped = strip_metadata(photo.read_bytes(), "gps")
+    assert stripped != photo.read_bytes() and len(stripped) > 6 * 256 * 1024
+    store = ResumeStore(tmp_path / "resume", min_size=0)
+    with imgshare.Client(f"localhost:{server.port}", ca=server.ca) as client:
+        client.login("alice", PASSWORD)
+        upload = client.begin_upload(photo, resume=True, resume_store=store, strip_metadata="gps")
+        assert upload.size == len(stripped)
+        upload.send_chunks(5)
+        wait_until(lambda: durable_chunks(server) >= 4)
+    with imgshare.Client(f"localhost:{server.port}", ca=server.ca) as client:
+        client.login("alice", PASSWORD)
+        again = client.begin_upload(photo, resume=True, resume_store=store, strip_metadata="gps")
+        assert again.next_chunk >= 4 and again.sent == again.next_chunk * 256 * 1024
+        result = again.finish()
+        assert result.receipt.body.upload_id == upload.header.upload_id
+        client.get(result.id, tmp_path / "back.jpg")
+    assert (tmp_path / "back.jpg").read_bytes() == stripped
+
+
+def test_a_setup_that_cannot_work_is_not_retried(server: RunningServer, tmp_path: Path) -> None:
+    """A CA that did not sign the server's certificate: ``SetupError`` at once, not
+    after three back-offs (at least 1.75 s) that would get the same answer."""
+    other = pki.init_certificates(tmp_path / "other-ca")
+    started = time.monotonic()
+    with imgshare.Client(f"localhost:{server.port}", ca=other.ca_cert) as client:
+        with pytest.raises(SetupError) as refused:
+            client.login("alice", PASSWORD)
+    assert time.monotonic() - started < 1.5
+    assert PASSWORD not in str(refused.value)

@@ -439,3 +439,37 @@ def test_a_held_upload_answers_try_later_until_its_connection_ends(
     wait_unheld(server)
     parked(server.data, at_least=9)
     assert other.resume_upload(upload.header, upload.content_key) >= 9
+
+
+def test_records_live_in_the_users_state_folder(tmp_path: Path) -> None:
+    """``ResumeStore.default()``: $IMGSHARE_RESUME_DIR, else $XDG_STATE_HOME (an
+    absolute one) /imgshare/resume, else ~/.local/state/imgshare/resume."""
+    from imgshare.client.resume import default_folder
+
+    state = tmp_path / "state"
+    assert default_folder({"IMGSHARE_RESUME_DIR": str(tmp_path / "r")}) == tmp_path / "r"
+    assert default_folder({"XDG_STATE_HOME": str(state)}) == state / "imgshare" / "resume"
+    home = Path.home() / ".local" / "state" / "imgshare" / "resume"
+    assert default_folder({"XDG_STATE_HOME": "relative/state"}) == home
+    assert default_folder({}) == home
+    assert ResumeStore.default({"XDG_STATE_HOME": str(state)}).folder == default_folder(
+        {"XDG_STATE_HOME": str(state)}
+    )
+
+
+def test_sweep_removes_old_records_and_temp_files_a_killed_writer_left(tmp_path: Path) -> None:
+    """``Client.send`` sweeps first: records nobody went back to (they hold keys) go
+    after 24 h, a half-written one (a process killed while writing it) after a minute."""
+    store = ResumeStore(tmp_path / "resume")
+    store.folder.mkdir()
+    files = {
+        name: store.folder / name
+        for name in ("old.json", "new.json", "1-dead.part", "2-writing.part")
+    }
+    for path in files.values():
+        path.write_text("{}")
+    day_ago = time.time() - 25 * 3600
+    os.utime(files["old.json"], (day_ago, day_ago))
+    os.utime(files["1-dead.part"], (time.time() - 120, time.time() - 120))
+    assert store.sweep() == 1
+    assert sorted(p.name for p in store.folder.iterdir()) == ["2-writing.part", "new.json"]

@@ -661,7 +661,7 @@ def _place(fetched: Path, folder: Path, force: bool) -> Path:
         return final
 
 
-@click.command(short_help="Fetch images by id, each checked end to end.")
+@click.command(short_help="Fetch images (or --thumbnail) by id, checked end to end.")
 @click.argument("image_ids", metavar="ID...", nargs=-1, required=True)
 @click.option(
     "-o",
@@ -674,13 +674,26 @@ def _place(fetched: Path, folder: Path, force: bool) -> Path:
 @click.option(
     "--force", is_flag=True, help="Overwrite existing files instead of numbering or refusing."
 )
+@click.option(
+    "--thumbnail",
+    "-t",
+    is_flag=True,
+    help="Fetch each image's thumbnail instead: at most 256 pixels on its long side, no "
+    "metadata, JPEG (PNG when transparent), made by the server when it stored the image. "
+    "In a folder it is named ID.thumb.jpg (or .png).",
+)
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 def get(
-    image_ids: tuple[str, ...], output: str | None, force: bool, as_json: bool, **connection: Any
+    image_ids: tuple[str, ...],
+    output: str | None,
+    force: bool,
+    thumbnail: bool,
+    as_json: bool,
+    **connection: Any,
 ) -> None:
     """Fetch images ID... (yours, or shared with you), check every chunk and the
-    uploader's HMAC, then write them.
+    uploader's HMAC, then write them; with --thumbnail, their thumbnails.
 
     ID is an image id (32 hex digits) or a unique start of one (8 or more: `imgshare
     list` shows them). Nothing is written until an image has checked out completely.
@@ -702,6 +715,11 @@ def get(
         targets = resolve_ids(session, ids, own_only=False)
         for image_id, _ in targets:
             try:
+                if thumbnail:
+                    with explained(f"cannot get the thumbnail of {image_id}", not_found):
+                        thumb, path = _save_thumbnail(session, image_id, where, force)
+                    _print_thumbnail(thumb, image_id, path, as_json, out)
+                    continue
                 # Folders and standard output: fetched into a temp folder first (beside
                 # the destination, so the move is a rename), then placed.
                 if where.kind == "file":
@@ -752,6 +770,69 @@ def _download(
         cause = exc.__cause__
         why = getattr(cause, "strerror", None) or "cannot write there"
         raise ImgshareError(f"cannot write {escape(where.shown)}: {why}") from exc
+
+
+#: What a thumbnail may be (docs/protocol.md, 7.11), its file extension and first bytes.
+_THUMBNAIL_TYPES = {"image/jpeg": ("jpg", b"\xff\xd8\xff"), "image/png": ("png", b"\x89PNG\r\n")}
+
+
+def _save_thumbnail(
+    session: ClientSession, image_id: str, where: _Output, force: bool
+) -> tuple[Any, Path | None]:
+    """Fetch one thumbnail (THUMBNAIL) and write it where ``-o`` says: complete or not
+    at all, a folder's taken name numbered unless ``force``. Returns the answer and
+    the path written (None for standard output). Its bytes are untrusted: they must at
+    least be the kind of file the server says (the CLI does not decode them)."""
+    import tempfile
+
+    thumb = session.thumbnail_data(image_id)
+    kind = _THUMBNAIL_TYPES.get(thumb.media_type)
+    if kind is None or not thumb.data.startswith(kind[1]):
+        raise ImgshareError(f"the server's thumbnail of {image_id} is not a JPEG or PNG file")
+    if where.kind == "stdout":
+        sys.stdout.buffer.write(thumb.data)
+        sys.stdout.buffer.flush()
+        return thumb, None
+    folder = where.path if where.kind == "folder" else where.path.parent
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".imgshare-get-") as tmp:
+            fetched = Path(tmp) / f"{image_id}.thumb.{kind[0]}"
+            with fetched.open("wb") as handle:
+                handle.write(thumb.data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if where.kind == "folder":
+                return thumb, _place(fetched, where.path, force)
+            if force:
+                os.replace(fetched, where.path)
+            else:
+                os.link(fetched, where.path)  # never over a file that appeared meanwhile
+            return thumb, where.path
+    except FileExistsError:
+        raise ImgshareError(f"{escape(where.shown)} exists (use --force to overwrite it)") from None
+    except OSError as exc:
+        raise ImgshareError(f"cannot write {escape(where.shown)}: {exc.strerror or exc}") from exc
+
+
+def _print_thumbnail(thumb: Any, image_id: str, path: Path | None, as_json: bool, out: Any) -> None:
+    if as_json:
+        record = {
+            "id": image_id,
+            "thumbnail": True,
+            "width": thumb.width,
+            "height": thumb.height,
+            "media_type": thumb.media_type,
+            "size": len(thumb.data),
+            "path": None if path is None else str(path),
+        }
+        click.echo(json.dumps(record), file=out)
+        return
+    shown = "standard output" if path is None else str(path)
+    click.echo(
+        f"{escape(shown)}: thumbnail of {image_id}, {thumb.width}x{thumb.height} "
+        f"{thumb.media_type}, {human_size(len(thumb.data))}",
+        file=out,
+    )
 
 
 def _to_stdout(path: Path) -> None:

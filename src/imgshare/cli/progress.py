@@ -174,6 +174,8 @@ class SendOutput:
             if update.state == "queued":
                 self._files_total += 1
                 self._grow(update.path, update.total)
+                if self._bars is not None and self._overall is not None:
+                    self._bars.update(self._overall, description=self._overall_text())
                 return
             if update.state == "skipped":
                 self.note_skipped(update.path, update.error or "")
@@ -194,6 +196,7 @@ class SendOutput:
         if self._resumed.get(update.path) == update.resumed:
             return
         self._resumed[update.path] = update.resumed
+        self._grow(update.path, update.total)
         if self.mode in ("bars", "plain"):
             self.err(
                 f"imgshare: resuming {escape(str(update.path))} at "
@@ -202,13 +205,16 @@ class SendOutput:
             )
 
     def _grow(self, path: Path, total: int) -> None:
-        """Track a file's size (it changes once metadata is stripped)."""
+        """Track a file's size (it changes once metadata is stripped). What a resumed
+        upload does not send again is no part of the overall bar's work."""
+        total = max(0, total - self._resumed.get(path, 0))
         self._bytes_total += total - self._sizes.get(path, 0)
         self._sizes[path] = total
         if self._bars is not None and self._overall is not None:
             self._bars.update(self._overall, total=max(self._bytes_total, 1))
 
     def _advance(self, path: Path, sent: int) -> None:
+        sent = max(0, sent - self._resumed.get(path, 0))
         before = self._sent.get(path, 0)
         self._sent[path] = sent
         if self._bars is not None and self._overall is not None:
@@ -225,8 +231,10 @@ class SendOutput:
         if label:
             description += f" [dim]({label})[/dim]"
         task = self._tasks.get(update.path)
-        if task is None:
-            task = self._bars.add_task(description, total=max(update.total, 1))
+        if task is None:  # a resumed one starts where it is, not with a burst of speed
+            task = self._bars.add_task(
+                description, total=max(update.total, 1), completed=update.resumed
+            )
             self._tasks[update.path] = task
         self._bars.update(
             task, completed=update.sent, total=max(update.total, 1), description=description

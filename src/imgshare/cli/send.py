@@ -5,8 +5,9 @@ The order of work is what a person expects: every path is checked before anythin
 connects (a typo costs no password prompt), the password (if one is needed) is asked
 once, the server's limits are learned (SERVER_INFO) and sizes checked before any
 upload, and then the images go, ``--parallel`` at once, each on a connection of its
-own. The sending itself is the Python API's (``imgshare.client.api.Client.send``);
-this module chooses, draws (``imgshare.cli.progress``) and sums up.
+own. The sending itself is the Python API's (``imgshare.client.api.Client.send``),
+resumable by default (docs/client.md, "Resuming"); this module chooses, draws
+(``imgshare.cli.progress``) and sums up.
 """
 
 from __future__ import annotations
@@ -35,10 +36,23 @@ DEFAULT_PARALLEL = 4
 PASSWORD_PARALLEL = 1
 
 _EPILOG = """\b
+Resuming: an image of 8 MiB or more gets a resume record before it is sent
+(its chunks' SHA-256 and its content key, in a file of mode 0600). If the
+upload is cut (a dropped connection, a killed client, Ctrl-C), a network
+error is retried (with back-off) as a resume, and the same command run
+again later goes on from the last chunk the server made durable (the
+server keeps it 24 h), never storing a second copy. A file changed since
+is sent afresh, with a new key. The record is deleted once the image is
+stored. Records live in $IMGSHARE_RESUME_DIR, else
+$XDG_STATE_HOME/imgshare/resume, else ~/.local/state/imgshare/resume.
+--no-resume sends without a record.
+
+\b
 Exit status: 0 when every image was sent (files skipped in folders do not
 count), 1 when any was not (the last line says how many), 2 for a usage
-error, 130 when interrupted (Ctrl-C: uploads under way stop, the server
-keeps nothing of them; images already stored stay stored).
+error, 130 when interrupted (Ctrl-C: uploads under way stop; the server
+keeps what it made durable of the resumable ones, nothing of the others;
+images already stored stay stored).
 
 \b
 Environment:
@@ -48,6 +62,9 @@ Environment:
   IMGSHARE_CONFIG     the profile `imgshare login` saved [default:
                       $XDG_CONFIG_HOME/imgshare/profile.json, else
                       ~/.config/imgshare/profile.json]
+  IMGSHARE_RESUME_DIR the folder of resume records [default:
+                      $XDG_STATE_HOME/imgshare/resume, else
+                      ~/.local/state/imgshare/resume]
   NO_COLOR            progress bars without colour
 """
 
@@ -81,6 +98,13 @@ Environment:
     "scheme, the server certificate's SHA-256) for checking it later; no bars.",
 )
 @click.option(
+    "--no-resume",
+    is_flag=True,
+    help="Keep no resume record: an upload that is cut starts again from the beginning "
+    "(with a new key) when retried or sent again. [default: images of 8 MiB or more "
+    "are resumable; see below]",
+)
+@click.option(
     "--quiet", "-q", is_flag=True, help="Print nothing but errors (the exit status says the rest)."
 )
 def send(
@@ -88,6 +112,7 @@ def send(
     parallel: int | None,
     strip_metadata: StripMode | None,
     as_json: bool,
+    no_resume: bool,
     quiet: bool,
     **connection: Any,
 ) -> None:
@@ -101,6 +126,9 @@ def send(
     time left; elsewhere, a line per file. For each image: the HMAC computed here
     ("HMAC of image on client side", the server logs the same) and the server's
     signed receipt, which is checked (signature, HMAC, size, owner).
+
+    Network errors are retried with back-off; a large image that was cut off goes on
+    where it stopped, now or when the same command is run again (see "Resuming").
     """
     from imgshare.cli.progress import SendOutput, choose_mode
     from imgshare.client.api import plan_send
@@ -121,11 +149,18 @@ def send(
         raise ImgshareError("nothing to send: no images among the files given")
     login = resolve_login(**connection)
     workers = parallel or (PASSWORD_PARALLEL if login.method == "password" else DEFAULT_PARALLEL)
-    _send(plan, login, workers, strip_metadata, SendOutput(mode, workers))
+    output = SendOutput(mode, workers)
+    _send(plan, login, workers, strip_metadata, output, resume=not no_resume)
 
 
 def _send(
-    plan: SendPlan, login: Login, workers: int, strip: StripMode | None, output: SendOutput
+    plan: SendPlan,
+    login: Login,
+    workers: int,
+    strip: StripMode | None,
+    output: SendOutput,
+    *,
+    resume: bool,
 ) -> None:
     from imgshare.client.api import Client
 
@@ -142,15 +177,22 @@ def _send(
                     parallel=workers,
                     strip_metadata=strip,
                     sha256=output.mode == "json",
+                    resume=resume,
                 )
         except KeyboardInterrupt:
             # One clear line and the conventional status of a SIGINT; raised as
             # SystemExit because click would turn a KeyboardInterrupt into "aborted".
             tally = output.tally
+            if tally.interrupted_resumable:
+                kept = (
+                    f"the server keeps what it made durable of {tally.interrupted_resumable} "
+                    "of them: run the same command again to resume"
+                )
+            else:
+                kept = "and the server keeps nothing of them"
             click.echo(
                 f"imgshare: interrupted: {tally.sent} of {len(plan.items)} image(s) sent and "
-                "stored; the uploads under way were stopped, and the server keeps nothing "
-                "of them",
+                f"stored; the uploads under way were stopped, {kept}",
                 err=True,
             )
             raise SystemExit(130) from None

@@ -26,9 +26,9 @@ under the same content key (every chunk checked against its digest first), inste
 of starting again; so does the same file sent again by a later ``send`` after a
 killed process or Ctrl-C. A retry once UPLOAD_END went out is only ever a resume: the
 server then either names the image it stored (no second copy) or has none, and the
-file is reported failed rather than sent again. Files without a record (small ones,
-``strip_metadata``, ``resume=False``) are retried from the start with a new content
-key, and never once their UPLOAD_END went out.
+file is reported failed rather than sent again. Files without a record (under 8 MiB,
+or ``resume=False``) are retried from the start with a new content key, and never
+once their UPLOAD_END went out.
 
 A ``Client`` serves one thread at a time; ``send`` runs threads of its own inside.
 """
@@ -36,6 +36,7 @@ A ``Client`` serves one thread at a time; ``send`` runs threads of its own insid
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -70,6 +71,7 @@ from imgshare.errors import (
     ImgshareError,
     PeerError,
     RemoteProtocolError,
+    SetupError,
     TransportError,
 )
 from imgshare.protocol import events as ev
@@ -247,9 +249,10 @@ def backoff(attempt: int) -> float:
 
 
 def is_network_error(exc: BaseException) -> bool:
-    """A failure of the connection, not an answer: worth a new connection."""
+    """A failure of the connection, not an answer: worth a new connection (not when
+    TLS cannot work with this setup: ``SetupError`` would come again)."""
     if isinstance(exc, TransportError):
-        return True
+        return not isinstance(exc, SetupError)
     return type(exc) is RemoteProtocolError and str(exc).startswith(_CLOSED_WITHOUT_ANSWER)
 
 
@@ -527,16 +530,13 @@ class Client:
         upload, it goes on from there: ``upload.next_chunk`` is the first chunk the
         server lacks and ``upload.sent`` the bytes it has. Otherwise a new upload
         begins, recorded first if the file is at least ``resume_store.min_size`` (8 MiB
-        by default). Not with ``strip_metadata`` (``ConfigError``). No retries here:
-        each step is the caller's to repeat."""
+        by default). No retries here: each step is the caller's to repeat."""
         source = Path(path)
-        if resume:
-            if strip_metadata:
-                raise ConfigError("resume: an upload with metadata stripped is not resumable")
-            store = resume_store if resume_store is not None else _default_store()
-            return self._main().begin_resumable_upload(source, store, name, chunk_size)
         data = _stripped(source, strip_metadata) if strip_metadata else None
         session = self._main()
+        if resume:
+            store = resume_store if resume_store is not None else _default_store()
+            return session.begin_resumable_upload(source, store, name, chunk_size, data=data)
         return session.begin_upload(source, name, chunk_size, data=data)
 
     def send(
@@ -570,7 +570,8 @@ class Client:
         network error, or a later ``send`` of the same unchanged file to the same
         server as the same user, goes on from the last chunk the server made durable
         (``Progress.resumed``). A file that changed meanwhile is sent afresh with a new
-        content key. Files sent with ``strip_metadata`` are not resumable.
+        content key. With ``strip_metadata`` the record keeps the digests of the
+        stripped bytes, which are made again (the same) to resume.
 
         Raises only when nothing can be sent: the first connection or login fails
         (``PeerError`` AUTH_FAILED, ``TransportError``...). On KeyboardInterrupt the
@@ -581,8 +582,11 @@ class Client:
             raise ConfigError("parallel must be at least 1")
         plan = paths if isinstance(paths, SendPlan) else plan_send(paths)
         store = None
-        if resume and strip_metadata is None:
+        if resume:
             store = resume_store if resume_store is not None else _default_store()
+            # Records of uploads nobody went back to hold keys: none outlives 24 h.
+            with contextlib.suppress(OSError):
+                store.sweep()
         return _SendRun(self, plan, progress, parallel, strip_metadata, sha256, store).run()
 
     # -- sessions ------------------------------------------------------------------
@@ -777,6 +781,12 @@ class _SendRun:
         self.store = store
         #: Per file being sent: (bytes resumed, has a resume record), for its reports.
         self.resume_state: dict[Path, tuple[int, bool]] = {}
+        #: Files being sent, with the session each is on (for Ctrl-C); under ``lock``.
+        self.in_flight: dict[Path, ClientSession | None] = {}
+        self.uploads: dict[Path, OutgoingUpload] = {}
+        self.lock = threading.Lock()
+        #: Set once ``send`` has given up on its workers: their late reports are dropped.
+        self.silenced = False
         self.plan = plan
         self.callback = progress
         self.parallel = parallel
@@ -801,6 +811,8 @@ class _SendRun:
             path, name, size = item.path, item.name, item.size
         else:
             path, name, size = item, clean_name(item.name), 0
+        if self.silenced:
+            return
         resumed, resumable = self.resume_state.get(path, (0, False))
         update = Progress(
             path,
@@ -862,10 +874,24 @@ class _SendRun:
                     worker.join(0.1)
         except BaseException:  # KeyboardInterrupt: stop between chunks, briefly wait
             self.cancelled.set()
+            # A worker blocked in a write (a stalled network) would not see the flag:
+            # cut its connection, which the server takes as a dropped one. Not one
+            # whose UPLOAD_END went out: its receipt may be on the way.
+            with self.lock:
+                for path, session in self.in_flight.items():
+                    upload = self.uploads.get(path)
+                    if session is not None and not (upload is not None and upload.end_sent):
+                        session.abort()
             deadline = time.monotonic() + 2.0
             for worker in workers:
                 worker.join(max(0.0, deadline - time.monotonic()))
             self._fail_queued(INTERRUPTED)
+            with self.lock:
+                stuck = [item for item in self.plan.items if item.path in self.in_flight]
+            for item in stuck:  # still not back: say so for them, then no more reports
+                if item.path not in self.final:
+                    self.report(item, "failed", error=INTERRUPTED)
+            self.silenced = True
             raise
         self._fail_queued(f"not sent: {self.no_connection or 'no connection to the server'}")
 
@@ -914,6 +940,25 @@ class _SendRun:
     def _send_one(self, item: SendItem, session: ClientSession | None) -> ClientSession | None:
         """Send one file with retries; return the session to go on with (None: open
         a new one for the next file)."""
+        with self.lock:
+            self.in_flight[item.path] = None
+        try:
+            return self._send_with_retries(item, session)
+        finally:
+            with self.lock:
+                self.in_flight.pop(item.path, None)
+                self.uploads.pop(item.path, None)
+
+    def _on(self, item: SendItem, session: ClientSession) -> ClientSession:
+        with self.lock:
+            self.in_flight[item.path] = session
+        if self.cancelled.is_set():  # Ctrl-C came while it connected
+            raise _Cancelled
+        return session
+
+    def _send_with_retries(
+        self, item: SendItem, session: ClientSession | None
+    ) -> ClientSession | None:
         data: bytes | None = None
         total = item.size
         if self.strip is not None:
@@ -931,8 +976,10 @@ class _SendRun:
         while True:
             upload: OutgoingUpload | None = None
             try:
-                session = self._connected(item, session, total)
+                session = self._on(item, self._connected(item, session, total))
                 upload = self._begin(item, session, data, must_resume=end_sent)
+                with self.lock:
+                    self.uploads[item.path] = upload
                 total = upload.size
                 # A resumed upload starts at what the server has (``upload.sent``).
                 self.resume_state[item.path] = (upload.sent, _is_resumable(upload))
@@ -987,11 +1034,11 @@ class _SendRun:
     def _begin(
         self, item: SendItem, session: ClientSession, data: bytes | None, *, must_resume: bool
     ) -> OutgoingUpload:
-        """A resumable upload when there is a store and nothing was stripped (it goes
-        on from a record if there is one), else a plain one."""
-        if self.store is not None and data is None:
+        """A resumable upload when there is a store (it goes on from a record if there
+        is one), else a plain one."""
+        if self.store is not None:
             return session.begin_resumable_upload(
-                item.path, self.store, sha256=self.sha256, must_resume=must_resume
+                item.path, self.store, sha256=self.sha256, must_resume=must_resume, data=data
             )
         return session.begin_upload(item.path, data=data, sha256=self.sha256)
 

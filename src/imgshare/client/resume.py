@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -32,7 +33,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ DEFAULT_KEEP_FOR = 24 * 3600.0
 #: Larger is not a record (digests of a 256 MiB file in 4 KiB chunks: 4 MiB of hex).
 MAX_RECORD_BYTES = 8 * 1024 * 1024
 _READ = 1024 * 1024
+#: A record's temp file older than this was left by a process that died writing it.
+_TEMP_AGE = 60.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,11 @@ def default_folder(environ: Mapping[str, str] | None = None) -> Path:
     return base / "imgshare" / "resume"
 
 
+def _same_digests(now: list[bytes], then: tuple[bytes, ...]) -> bool:
+    """Digest lists compared in constant time (docs/design.md, decision 1)."""
+    return hmac.compare_digest(b"".join(now), b"".join(then)) and len(now) == len(then)
+
+
 def whole_digest(digests: tuple[bytes, ...] | list[bytes]) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
@@ -232,25 +240,39 @@ class ResumeStore:
                 out.write(json.dumps(record.to_json(), sort_keys=True).encode())
                 out.commit()
         except OSError as exc:
-            raise ImgshareError(f"cannot write resume record in {self.folder}: {exc}") from exc
+            raise ImgshareError(
+                f"cannot write a resume record in {self.folder}: {exc.strerror or exc} (set "
+                "IMGSHARE_RESUME_DIR to a folder you can write, or send without resuming)"
+            ) from exc
         return where
 
     def delete(self, record: ResumeRecord) -> None:
         self._unlink(self._path(record.server, record.user, Path(record.file.path)))
 
     def records(self) -> Iterator[Path]:
-        """The record files (for tests and a tidy-up)."""
-        if self.folder.is_dir():
-            yield from sorted(self.folder.glob("*.json"))
+        """The record files (for tests and a tidy-up); none if the folder cannot be
+        read."""
+        try:
+            found = sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
+        except OSError:
+            found = []
+        yield from found
 
     def sweep(self) -> int:
-        """Delete records older than ``keep_for``; return how many."""
+        """Delete records older than ``keep_for``, and the temp files of records
+        whose writing a killed process left (they may hold a key) once a minute old;
+        return how many records."""
         removed = 0
         for where in self.records():
             with contextlib.suppress(OSError):
                 if time.time() - where.stat().st_mtime > self.keep_for:
                     where.unlink()
                     removed += 1
+        with contextlib.suppress(OSError):
+            for temp in self.folder.glob("*.part"):
+                with contextlib.suppress(OSError):
+                    if time.time() - temp.stat().st_mtime > _TEMP_AGE:
+                        temp.unlink()
         return removed
 
     @staticmethod
@@ -290,7 +312,8 @@ class CheckedSource(io.BufferedIOBase):
             if not count:
                 break
             got += count
-        if got != len(view) or hashlib.sha256(view).digest() != self._digests[index]:
+        digest = hashlib.sha256(view).digest()
+        if got != len(view) or not hmac.compare_digest(digest, self._digests[index]):
             raise ImgshareError("the file changed while it was being sent: send it again")
         self._index += 1
         return got
@@ -314,15 +337,28 @@ def open_upload(
     *,
     sha256: bool = False,
     must_resume: bool = False,
+    data: bytes | None = None,
 ) -> ResumableUpload:
     """Resume the upload of ``path`` recorded in ``store`` if the file is unchanged
     and the server still has it; else begin a new one (a new content key) and record
     it. With ``must_resume``, raise ``NotResumable`` instead of beginning a new one
-    (after UPLOAD_END went out, a new upload could store a second copy). See
-    ``ClientSession.begin_resumable_upload``."""
-    handle = path.open("rb")
+    (after UPLOAD_END went out, a new upload could store a second copy). ``data``:
+    send these bytes (the file with its metadata stripped), recorded under the file's
+    identity; their digests decide, as a file's do. See
+    ``ClientSession.begin_resumable_upload``. Raises ``ImgshareError`` for a file
+    that cannot be read."""
+    handle: io.BufferedIOBase
     try:
-        info = os.fstat(handle.fileno())
+        if data is None:
+            handle = path.open("rb")
+            info = os.fstat(handle.fileno())
+        else:
+            info = path.stat()
+            handle = io.BytesIO(data)
+    except OSError as exc:
+        raise ImgshareError(f"cannot read {path}: {exc.strerror}") from exc
+    size = info.st_size if data is None else len(data)
+    try:
         identity = FileIdentity.of(path, info)
         server = hashlib.sha256(session.server_certificate).hexdigest()
         user = session.username or ""
@@ -330,9 +366,9 @@ def open_upload(
         next_chunk = 0
         if record is not None:
             header = record.upload_header
-            same = record.file == identity and header.name == name
-            if not same or chunk_digests(handle, header.size, header.chunk_size) != list(
-                record.digests
+            same = record.file == identity and header.name == name and header.size == size
+            if not same or not _same_digests(
+                chunk_digests(handle, header.size, header.chunk_size), record.digests
             ):
                 store.delete(record)
                 if must_resume:
@@ -350,11 +386,15 @@ def open_upload(
                     raise NotResumable(f"the server has no upload of {path} to resume") from exc
                 log.info("the server no longer has the upload of %s: starting afresh", path)
                 record = None
+            else:
+                # The server keeps it 24 h from now (it was worked on): so does the record.
+                record = replace(record, created=time.time())
+                store.save(record)
         if record is None:
             if must_resume:
                 raise NotResumable(f"no resume record for {path}")
-            header, content_key = new_upload(name, info.st_size, os.urandom, chunk_size)
-            digests = chunk_digests(handle, info.st_size, chunk_size)
+            header, content_key = new_upload(name, size, os.urandom, chunk_size)
+            digests = chunk_digests(handle, size, chunk_size)
             record = ResumeRecord(
                 server, user, identity, tuple(digests), header.encode(), content_key, time.time()
             )

@@ -568,6 +568,7 @@ class ClientSession:
         *,
         sha256: bool = False,
         must_resume: bool = False,
+        data: bytes | None = None,
     ) -> OutgoingUpload:
         """Like ``begin_upload``, for an upload that can survive a broken connection,
         a killed client or Ctrl-C: a file of at least ``resume_store.min_size`` gets a
@@ -579,23 +580,32 @@ class ClientSession:
         sealed. The record goes once the server stored or refused the image.
 
         ``must_resume``: only go on with a recorded upload; raise ``NotResumable``
-        (``imgshare.client.resume``) rather than begin a new one. Raises as
+        (``imgshare.client.resume``) rather than begin a new one. ``data``: send these
+        bytes instead of the file's (its metadata stripped), as ``begin_upload``
+        does; the record keeps their digests under the file's identity. Raises as
         ``begin_upload`` and ``resume_upload``, and ``ImgshareError`` when the record
         cannot be written."""
         from imgshare.client.resume import NotResumable, open_upload
 
-        size = _file_size(path)
+        size = _file_size(path) if data is None else len(data)
         if size < max(1, resume_store.min_size):
             if must_resume:
                 raise NotResumable(f"{path} is too small to have a resume record")
-            return self.begin_upload(path, name, chunk_size, sha256=sha256)
+            return self.begin_upload(path, name, chunk_size, sha256=sha256, data=data)
         if self.username is None:
             raise ConfigError("log in before a resumable upload (its record names the user)")
         if chunk_size is None:
             chunk_size = MAX_CHUNK_SIZE if size > BIG_FILE else DEFAULT_CHUNK_SIZE
         label = clean_name(path.name if name is None else name)
         return open_upload(
-            self, path, resume_store, label, chunk_size, sha256=sha256, must_resume=must_resume
+            self,
+            path,
+            resume_store,
+            label,
+            chunk_size,
+            sha256=sha256,
+            must_resume=must_resume,
+            data=data,
         )
 
     def thumbnail_data(self, image_id: str) -> ev.ThumbnailData:
@@ -675,6 +685,16 @@ class ClientSession:
         return list(answer.images)
 
     # -- lifetime ------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Cut the connection now, from any thread: a read or write blocked in another
+        thread fails at once (``TransportError``), and the server sees a dropped
+        connection (it keeps the durable part of a resumable upload). The descriptor
+        stays until ``close``, so no other file can take its number meanwhile."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     #: The upload begun on this session, closed with it: a half-sent one holds its file.
     _outgoing: OutgoingUpload | None = None
