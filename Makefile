@@ -65,10 +65,11 @@ pytest: $(DEVSTAMP) $(AUDITSTAMP) services
 
 test: lint typecheck pytest
 
-# The S3 contract tests against a second real S3 server, Ceph's radosgw (issue 13):
-# opt-in (the `radosgw` marker is deselected by default), as Ceph takes about 40 s to
-# install; the tests start a throwaway single-node cluster in seconds. The store
-# backends' radosgw variants keep their catalog in PostgreSQL.
+# The S3 contract tests against a second real S3 server, Ceph's radosgw, over https
+# (issue 13; docs/operations.md, "S3-compatible servers"): opt-in (the `radosgw`
+# marker is deselected by default), as Ceph takes 20-40 s to install; the tests start
+# a throwaway single-node cluster in about 3 s. The store backends' radosgw variants
+# keep their catalog in PostgreSQL.
 .PHONY: test-radosgw
 test-radosgw: $(DEVSTAMP)
 	bash scripts/services/install-postgres.sh
