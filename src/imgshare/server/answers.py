@@ -23,6 +23,10 @@ from imgshare.store import UserExistsError
 #: What a request handler yields: the events to send, in order.
 Answers = Iterator[ev.Event]
 
+#: Why a request was not served while the database or the bucket cannot be reached
+#: (docs/operations.md, "Several nodes"): says what to do, never the library's text.
+UNAVAILABLE = "the server's storage (its database or object store) is unreachable: try again later"
+
 
 def error(code: ErrorCode, message: str) -> ev.Error:
     """A non-fatal ERROR: the request is answered, the session goes on."""

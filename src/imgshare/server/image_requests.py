@@ -13,7 +13,14 @@ import hmac
 import logging
 from typing import TYPE_CHECKING
 
-from imgshare.errors import ImageError, IntegrityError, QuotaError, StorageError, TryLaterError
+from imgshare.errors import (
+    ImageError,
+    IntegrityError,
+    QuotaError,
+    StorageError,
+    StorageUnavailable,
+    TryLaterError,
+)
 from imgshare.logs import fields
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import (
@@ -23,7 +30,7 @@ from imgshare.protocol.constants import (
     ErrorCode,
     ListScope,
 )
-from imgshare.server.answers import Answers, error, try_later
+from imgshare.server.answers import UNAVAILABLE, Answers, error, try_later
 from imgshare.server.upload import StoredUpload, Upload, buffer_memory
 from imgshare.store import ImageRecord, User
 from imgshare.store.access import MAX_INTEGER
@@ -196,7 +203,10 @@ def upload_end(session: Session, event: ev.Event) -> Answers:
         return
     except StorageError as exc:
         log.error("upload not stored: %s", exc, extra=context)
-        yield error(ErrorCode.STORAGE_FAILED, "the server could not store the image")
+        failed = "the server could not store the image"
+        if isinstance(exc, StorageUnavailable):  # the database or the bucket is down
+            failed = f"{failed}: {UNAVAILABLE}"
+        yield error(ErrorCode.STORAGE_FAILED, failed)
         return
     log.info(
         "image received",

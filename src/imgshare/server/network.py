@@ -40,6 +40,7 @@ from imgshare.protocol import Limits, ServerConnection, State
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import RECORD_HEADER_SIZE, ErrorCode
 from imgshare.protocol.keys import SigningKey
+from imgshare.server.answers import UNAVAILABLE
 from imgshare.server.caps import ConnectionCaps, TooSlow, TransferMeter
 from imgshare.server.channel import Channel, Woken
 from imgshare.server.service import Service
@@ -60,8 +61,6 @@ LEASE_RENEWAL_INTERVAL = 30.0
 #: How often the accept loop clears expired shares out (they stop working at once).
 SHARE_EXPIRY_INTERVAL = 30.0
 TRANSFER_STATES = frozenset({State.UPLOADING, State.UPLOADED, State.DOWNLOADING})
-#: What a client hears when the catalog's database or the object store is down.
-UNAVAILABLE = "the server's storage (its database or object store) is unreachable: try again later"
 _NO_KEYS = frozenset({State.WAIT_CLIENT_HELLO, State.WAIT_CLIENT_FINISHED, State.CLOSED})
 
 

@@ -27,7 +27,7 @@ import hmac
 import logging
 import os
 
-from imgshare.errors import ImageError, IntegrityError, StorageError
+from imgshare.errors import ImageError, IntegrityError, StorageError, StorageUnavailable
 from imgshare.logs import fields
 from imgshare.protocol import StreamOpener
 from imgshare.protocol import events as ev
@@ -74,6 +74,7 @@ class Upload:
         self._memory = memory
         self._opener = StreamOpener(begin.header, begin.content_key)
         self.rejection: tuple[ErrorCode, str] | None = None
+        self._unavailable = False  # the rejection: the database or the bucket was down
         self._plaintext: memoryview | None = None  # made by the first chunk, then reused
         self.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._pipeline = Pipeline(
@@ -122,6 +123,7 @@ class Upload:
                 self.pending.start_copy(extension)
             self.pending.write(data, plaintext)
         except StorageError as exc:
+            self._unavailable = isinstance(exc, StorageUnavailable)
             self._reject(ErrorCode.STORAGE_FAILED, str(exc))
 
     def rebuild(self) -> int:
@@ -171,7 +173,9 @@ class Upload:
             )
             if self.rejection is not None:
                 code, reason = self.rejection
-                raise (StorageError if code is ErrorCode.STORAGE_FAILED else ImageError)(reason)
+                if code is not ErrorCode.STORAGE_FAILED:
+                    raise ImageError(reason)
+                raise (StorageUnavailable if self._unavailable else StorageError)(reason)
             info = self._validate()
             record = self.pending.commit(info.format, info.width, info.height, mac)
         except BaseException:

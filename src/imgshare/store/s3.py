@@ -191,7 +191,7 @@ class S3BlobStore:
         scratch_dir: Path | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        read_timeout: float = 10.0,
     ) -> None:
         """Make the client; no request is sent (``check`` sends one). ``scratch_dir``
         holds scratch files (default: the system's temp folder). Raises
@@ -231,7 +231,12 @@ class S3BlobStore:
             # A checksum on every PUT and part, whatever AWS_REQUEST_CHECKSUM_CALCULATION
             # says (botocore's default already, made explicit).
             request_checksum_calculation="when_supported",
-            retries={"mode": "standard", "max_attempts": 3},
+            # Bounded, so that a bucket that stops answering is an error a client hears
+            # in seconds, not minutes: 3 attempts in all (botocore's "max_attempts"
+            # counts retries: 3 meant 4), each given up after ``read_timeout`` of
+            # silence (docs/operations.md, "When the database or the bucket is
+            # unreachable").
+            retries={"mode": "standard", "total_max_attempts": 3},
             max_pool_connections=max_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
