@@ -12,34 +12,9 @@ if command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-
-# Keep the package's own service from starting (it would listen on nothing useful,
-# but a test machine runs no daemons it did not ask for): policy-rc.d refuses starts
-# during the install, where invoke-rc.d honours it.
-policy=/usr/sbin/policy-rc.d
-made_policy=0
-if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
-    $SUDO chmod 755 "$policy"
-    made_policy=1
-fi
-cleanup() {
-    if [ "$made_policy" = 1 ]; then
-        $SUDO rm -f "$policy"
-    fi
-}
-trap cleanup EXIT
-
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends haproxy >/dev/null
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    $SUDO systemctl disable --now haproxy >/dev/null 2>&1 || true
-fi
+. "$(dirname "$0")/apt.sh"
+apt_install haproxy
+disable_units haproxy
 
 if ! [ -x /usr/sbin/haproxy ]; then
     echo "install-haproxy: the haproxy package is installed, but /usr/sbin/haproxy is not there" >&2

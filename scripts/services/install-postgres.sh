@@ -15,16 +15,11 @@ if installed; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
+. "$(dirname "$0")/apt.sh"
 
-$SUDO apt-get update -qq
 # postgresql-common first, told not to create the "main" cluster that installing the
 # server would otherwise make (and start).
-$SUDO apt-get install -y -qq --no-install-recommends postgresql-common >/dev/null
+apt_install postgresql-common
 $SUDO sed -i -E 's/^#?[[:space:]]*create_main_cluster[[:space:]]*=.*/create_main_cluster = false/' \
     /etc/postgresql-common/createcluster.conf
 # Debian 12 packages PostgreSQL 15; take that version where it exists, else the
@@ -33,7 +28,7 @@ package=postgresql
 if apt-cache show postgresql-15 >/dev/null 2>&1; then
     package=postgresql-15
 fi
-$SUDO apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+apt_install "$package"
 
 if ! installed; then
     echo "install-postgres: $package is installed, but there is no initdb under /usr/lib/postgresql" >&2

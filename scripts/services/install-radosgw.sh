@@ -26,38 +26,9 @@ if installed; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-
-# Keep the packages' services from starting (a test machine runs no daemons it did
-# not ask for): policy-rc.d refuses starts during the install, where invoke-rc.d and
-# deb-systemd-invoke honour it.
-policy=/usr/sbin/policy-rc.d
-made_policy=0
-if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
-    $SUDO chmod 755 "$policy"
-    made_policy=1
-fi
-cleanup() {
-    if [ "$made_policy" = 1 ]; then
-        $SUDO rm -f "$policy"
-    fi
-}
-trap cleanup EXIT
-
-# Wait for another apt run (another install script, say) rather than fail at once.
-wait_lock=(-o DPkg::Lock::Timeout=300)
-$SUDO apt-get "${wait_lock[@]}" update -qq
-$SUDO apt-get "${wait_lock[@]}" install -y -qq --no-install-recommends \
-    ceph-mon ceph-osd radosgw ceph-common openssl >/dev/null
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    $SUDO systemctl disable --now ceph.target ceph-mon.target ceph-osd.target \
-        ceph-radosgw.target >/dev/null 2>&1 || true
-fi
+. "$(dirname "$0")/apt.sh"
+apt_install ceph-mon ceph-osd radosgw ceph-common openssl
+disable_units ceph.target ceph-mon.target ceph-osd.target ceph-radosgw.target
 
 if ! installed; then
     echo "install-radosgw: the Ceph packages are installed, but one of ${binaries[*]} is missing" >&2

@@ -25,13 +25,8 @@ if [ "${#packages[@]}" -eq 0 ]; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+. "$(dirname "$0")/apt.sh"
+apt_install "${packages[@]}"
 
 if ! command -v Xvfb >/dev/null 2>&1; then
     echo "install-xvfb: the xvfb package is installed, but Xvfb is not on PATH" >&2
