@@ -42,7 +42,7 @@ def _goal(
 
 
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The goals of the issues so far (5, 10, 11), checked against this run (warm
+    """The goals of the issues so far (5, 10, 11, 12), checked against this run (warm
     medians)."""
     s = results.get("scenarios", {})
     big, photos, held, sessions, workers = (
@@ -116,7 +116,97 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         "sessions_token", "new sessions: TLS + app handshake + token login >= 0.45 x nginx",
         _get(sessions, "ratios", "warm", "token_vs_nginx_tls"), 0.45, True,
     ))  # fmt: skip
+    goals += cli_goals(s.get("cli", {}))
+    goals += backend_goals(s.get("backends", {}))
     return goals
+
+
+#: Issue 12: each command as a whole process, beside curl against nginx in the same run.
+CLI_GOALS = (
+    ("cli_send", "command line: imgshare send (4 MB photo, saved login) <= 5 x curl -T",
+     "send_vs_curl_put", 5.0, False),
+    ("cli_list", "command line: imgshare list <= 5 x a curl GET of a small file",
+     "list_vs_curl_get", 5.0, False),
+    ("cli_big", "command line: imgshare send of the big TIFF >= 0.30 x curl -T MB/s",
+     "big_vs_curl_put", 0.30, True),
+    ("cli_many", "command line: imgshare send --parallel 4 >= 0.30 x 4 curl -T loops images/s",
+     "many_vs_curl_loops", 0.30, True),
+)  # fmt: skip
+
+
+def cli_goals(cli: dict[str, Any]) -> list[dict[str, Any]]:
+    """The command line's goals (issue 12), from the ``cli`` scenario's ratios."""
+    return [
+        _goal(gid, text, _get(cli, "ratios", "warm", ratio), limit, at_least)
+        for gid, text, ratio, limit, at_least in CLI_GOALS
+    ]
+
+
+def backend_goals(backends: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13's goals, from the ``backends`` scenario (same-run ratios), and that
+    every photo sent through haproxy to two nodes is stored (worst run)."""
+    clients = backends.get("clients")
+    return [
+        _goal(
+            "backends_photos",
+            "PostgreSQL + SeaweedFS, one node: photos >= 0.6 x the embedded default's images/s",
+            _get(backends, "ratios", "warm", "photos_pg_s3_vs_embedded"), 0.6, True,
+        ),
+        _goal(
+            "backends_big",
+            "PostgreSQL + SeaweedFS, one node: big image >= 0.6 x the embedded default's MB/s",
+            _get(backends, "ratios", "warm", "big_pg_s3_vs_embedded"), 0.6, True,
+        ),
+        _goal(
+            "backends_lb_ok",
+            f"two nodes behind haproxy: {clients} of {clients} photos stored (worst run)",
+            _get(backends, "figures", "warm", "lb_2", "ok", "min"), clients or 0, True,
+            unit="uploads",
+        ),
+    ]  # fmt: skip
+
+
+BACKEND_SYSTEMS = {
+    "embedded": "embedded (SQLite + folder)",
+    "pg_s3": "PostgreSQL + SeaweedFS, node A",
+    "lb_1": "haproxy -> node A",
+    "lb_2": "haproxy -> nodes A, B",
+}
+
+
+def _backend_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The ``backends`` scenario's rows (its big image figures live apart)."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(where: str, label: str, path: tuple[str, ...], scale: float = 1.0, d: int = 1) -> None:
+        warm = _get(s, "backends", where, "warm", *path)
+        rows.append(("backends", label, _triple(warm, scale, d), "-"))
+
+    for system, label in BACKEND_SYSTEMS.items():
+        add("figures", f"photos {label} images/s", (system, "images_s"))
+    for system, label in BACKEND_SYSTEMS.items():
+        add("figures", f"photos {label} p99 s", (system, "p99"), 1.0, 2)
+        add("figures", f"photos {label} succeeded", (system, "ok"), 1.0, 0)
+        add("figures", f"photos {label} server CPU ms/image", (system, "cpu_ms_per_image"))
+        add("figures", f"photos {label} server RSS peak MiB", (system, "rss_peak"), MIB, 0)
+    for system in ("pg_s3", "lb_2"):
+        label = BACKEND_SYSTEMS[system]
+        for name, what in (("postgres", "PostgreSQL"), ("seaweedfs", "SeaweedFS")):
+            add("figures", f"photos {label}: {what} CPU ms/image",
+                (system, f"{name}_cpu_ms_per_image"))  # fmt: skip
+        add("figures", f"photos {label}: S3 requests/image", (system, "s3_requests_per_image"),
+            1.0, 2)  # fmt: skip
+    for system in ("embedded", "pg_s3"):
+        label = BACKEND_SYSTEMS[system]
+        add("big", f"big image {label} MB/s", (system, "mb_s"))
+        add("big", f"big image {label} server CPU s/GB", (system, "cpu_s_per_gb"), 1.0, 2)
+        add("big", f"big image {label} server RSS peak MiB", (system, "rss_peak"), MIB, 0)
+    add("big", "big image pg_s3: SeaweedFS CPU s", ("pg_s3", "seaweedfs_cpu_s"), 1.0, 2)
+    ratios = _get(s, "backends", "ratios", "warm") or {}
+    for name in ("photos_2_nodes_vs_1", "photos_lb_1_vs_direct"):
+        if ratios.get(name) is not None:
+            rows.append(("backends", f"{name} x (medians)", _fmt(ratios[name], 2), "-"))
+    return rows
 
 
 def _scale(value: float | None) -> float | None:
@@ -141,10 +231,16 @@ def _triple(summary: dict[str, Any] | None, scale: float = 1.0, digits: int = 1)
 
 
 CLI_LABELS = {
-    "imgshare_send": "imgshare send (4 MB photo)",
-    "curl_put": "curl PUT (same photo)",
-    "imgshare_list": "imgshare list",
+    "imgshare_send": "imgshare send (4 MB photo, saved login)",
+    "curl_put": "curl -T (same photo)",
+    "imgshare_list": "imgshare list (saved login)",
     "curl_get": "curl GET (1 KiB)",
+}
+CLI_BULK_LABELS = {
+    "imgshare_send_big": "imgshare send (big TIFF)",
+    "curl_put_big": "curl -T (big TIFF)",
+    "imgshare_send_many": "imgshare send --parallel 4 (photos)",
+    "curl_put_many": "4 loops of curl -T (photos)",
 }
 
 
@@ -191,8 +287,20 @@ def figure_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add("cli", f"{label} s", (command, "seconds"), 1.0, 3)
     for command, label in CLI_LABELS.items():
         add("cli", f"{label} CPU s", (command, "cpu_s"), 1.0, 3)
-    add("cli", "send / curl PUT (per run) x", ("send_vs_curl_put", "x"), 1.0, 2)
-    add("cli", "list / curl GET (per run) x", ("list_vs_curl_get", "x"), 1.0, 2)
+    for command, label in CLI_BULK_LABELS.items():
+        add("cli", f"{label} s", (command, "seconds"), 1.0, 2)
+    for command in ("imgshare_send_big", "curl_put_big"):
+        add("cli", f"{CLI_BULK_LABELS[command]} MB/s", (command, "mb_s"))
+    for command in ("imgshare_send_many", "curl_put_many"):
+        add("cli", f"{CLI_BULK_LABELS[command]} images/s", (command, "images_s"))
+    for command, label in CLI_BULK_LABELS.items():
+        add("cli", f"{label} CPU s", (command, "cpu_s"), 1.0, 2)
+    add("cli", "send / curl -T, time (per run) x", ("send_vs_curl_put", "x"), 1.0, 2)
+    add("cli", "list / curl GET, time (per run) x", ("list_vs_curl_get", "x"), 1.0, 2)
+    add("cli", "big send / curl -T, MB/s (per run) x", ("big_vs_curl_put", "x"), 1.0, 2)
+    add("cli", "--parallel 4 / curl loops, images/s (per run) x",
+        ("many_vs_curl_loops", "x"), 1.0, 2)  # fmt: skip
+    rows += _backend_rows(s)
     return [row for row in rows if row[2] != "-" or row[3] != "-"]
 
 
@@ -228,12 +336,11 @@ def print_table(results: dict[str, Any], goals: list[dict[str, Any]]) -> None:
             f"  {verdict}  {goal['goal']}: {value} {goal['unit']}{cold}"
             f"  [{op} {_fmt(goal['limit'], 2)}]"
         )
-    cli = _get(results, "scenarios", "cli", "ratios", "warm") or {}
-    if cli:
+    nodes = _get(results, "scenarios", "backends", "ratios", "warm") or {}
+    if nodes.get("photos_2_nodes_vs_1") is not None:
         print(
-            "command line (no goal): imgshare send / curl PUT "
-            f"{_fmt(cli.get('send_vs_curl_put'), 2)} x, imgshare list / curl GET "
-            f"{_fmt(cli.get('list_vs_curl_get'), 2)} x (medians)"
+            "backends (report, no goal): photos through haproxy, 2 nodes / 1 node "
+            f"{_fmt(nodes['photos_2_nodes_vs_1'], 2)} x on this machine's 2 cores (medians)"
         )
     servers = {"imgshare server": results.get("server", {})}
     for name, extra in (results.get("extra_servers") or {}).items():
@@ -261,6 +368,7 @@ def chart(results: dict[str, Any], goals: list[dict[str, Any]], path: Path) -> N
 
     ratio_ids = (
         "big_vs_nginx", "big_vs_raw", "photos_vs_nginx", "photos_workers", "sessions_vs_nginx",
+        "cli_big", "cli_many", "backends_photos", "backends_big",
     )  # fmt: skip
     labels = {
         "big_vs_nginx": "big image\nvs nginx",
@@ -272,6 +380,12 @@ def chart(results: dict[str, Any], goals: list[dict[str, Any]], path: Path) -> N
         "photos_workers": "photos/s\n-w 2 vs -w 1",
         "photos_cpu": "photos CPU/img\nvs nginx",
         "held_rss": "held\nserver RSS",
+        "cli_big": "CLI big send\nvs curl -T",
+        "backends_photos": "photos/s PG+S3\nvs embedded",
+        "backends_big": "big MB/s PG+S3\nvs embedded",
+        "cli_many": "CLI -p 4 send\nvs curl loops",
+        "cli_send": "CLI send\nvs curl -T",
+        "cli_list": "CLI list\nvs curl GET",
     }
     by_id = {g["id"]: g for g in goals}
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [5, 4]})
@@ -285,7 +399,8 @@ def chart(results: dict[str, Any], goals: list[dict[str, Any]], path: Path) -> N
         lambda g: g["limit"],
     )
     left.set_title("Throughput ratios (higher is better; line = goal)")
-    bounded = [by_id[i] for i in ("big_rss", "photos_tail", "photos_cpu", "held_rss") if i in by_id]
+    bounded_ids = ("big_rss", "photos_tail", "photos_cpu", "held_rss", "cli_send", "cli_list")
+    bounded = [by_id[i] for i in bounded_ids if i in by_id]
     _panel(
         right,
         bounded,

@@ -4,7 +4,9 @@ Starts everything it needs itself, in a temporary folder on the same disk as the
 data: our server (default settings: a supervisor and one worker process per CPU;
 ``--listen-mode`` to choose how the workers listen), nginx (HTTPS, PUT to disk), a raw
 TLS 1.3 receiver, and load-generator processes; runs the scenarios of
-docs/performance.md (``photos_workers`` starts two more servers of its own);
+docs/performance.md (``photos_workers`` starts two more servers of its own;
+``backends`` PostgreSQL, SeaweedFS, two nodes on them and two haproxy, see
+bench/backends.py);
 prints a table, writes ``bench/results/latest.json`` and (full run) the chart
 ``docs/performance.png``. Everything it started is stopped at the end, also on
 Ctrl-C or failure.
@@ -172,8 +174,11 @@ def run(
 
     extra_servers: dict[str, Any] = {}
 
-    def start_server(name: str, workers: int) -> scenarios.ExtraServer:
-        """Another imgshare server: own data folder (same CA and users), port and log."""
+    def start_server(
+        name: str, workers: int, env: dict[str, str] | None = None
+    ) -> scenarios.ExtraServer:
+        """Another imgshare server: own data folder (same CA and users), port and log;
+        ``env``: more settings (``IMGSHARE_*``, ``AWS_*``: a node on shared storage)."""
         folder = root / f"data-{name}"
         folder.mkdir(mode=0o700)
         shutil.copytree(certs, folder / "certs")
@@ -183,7 +188,7 @@ def run(
         with log_path.open("w") as log:
             proc = _start_imgshare(
                 children, f"imgshare serve ({name})", imgshare, folder, port, log, listen_mode,
-                workers=workers,
+                workers=workers, env=env,
             )  # fmt: skip
         util.wait_for_port(port, 30, proc)
         return scenarios.ExtraServer(name, workers, port, folder, proc, log_path)
@@ -308,11 +313,15 @@ def _start_imgshare(
     log: IO[str],
     listen_mode: str | None,
     workers: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[Any]:
     """``imgshare serve`` on ``data`` and ``port``: default workers (one per CPU) unless
-    ``workers``, the server's listen mode unless ``listen_mode``."""
+    ``workers``, the server's listen mode unless ``listen_mode``; ``env``: more
+    settings."""
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if k not in HARNESS_SETTINGS}
     env.update(SERVER_SETTINGS)
+    env.update(extra)
     if listen_mode is not None:
         env["IMGSHARE_LISTEN_MODE"] = listen_mode
     argv = [str(imgshare), "serve", "--data", str(data), "--port", str(port),

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import select
+import shlex
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -142,8 +144,9 @@ class Bench:
     password: str
     login_password: str
     check_alive: Callable[[], None]
-    #: Start another imgshare server (name, --workers) / stop it: {"exit_code", "log"}.
-    start_server: Callable[[str, int], ExtraServer]
+    #: Start another imgshare server (name, --workers[, more settings in its
+    #: environment]) / stop it: {"exit_code", "log"}.
+    start_server: Callable[..., ExtraServer]
     stop_server: Callable[[ExtraServer], dict[str, Any]]
     log: Callable[[str], None] = print
 
@@ -800,107 +803,222 @@ def _session_figures(
 
 
 CLI_COMMANDS = {
-    "imgshare_send": "imgshare send PHOTO: start, connect, log in, upload, checked receipt",
+    "imgshare_send": "imgshare send PHOTO (saved login: a token): start to checked receipt",
     "curl_put": "curl -T PHOTO https://nginx/upload/NAME",
-    "imgshare_list": "imgshare list: start, connect, log in, list",
+    "imgshare_list": "imgshare list (saved login): start, connect, log in, list",
     "curl_get": "curl https://nginx/upload/SMALL (1 KiB)",
 }
-CLI_RATIOS = {"send_vs_curl_put": ("imgshare_send", "curl_put"),
-              "list_vs_curl_get": ("imgshare_list", "curl_get")}  # fmt: skip
-CLI_USER = "cli"  # the server's default argon2id hash from the start: every login pays it
+#: The big image and the burst of photos, each one process (or four loops) a run.
+CLI_BULK = {
+    "imgshare_send_big": "imgshare send BIG.tif",
+    "curl_put_big": "curl -T BIG.tif",
+    "imgshare_send_many": "imgshare send --parallel 4 PHOTOS (one process)",
+    "curl_put_many": "4 parallel loops of curl -T PHOTO, one process per photo",
+}
+#: ratio name -> (ours, theirs, figure): times (lower is better) or rates (higher).
+CLI_RATIOS = {
+    "send_vs_curl_put": ("imgshare_send", "curl_put", "seconds"),
+    "list_vs_curl_get": ("imgshare_list", "curl_get", "seconds"),
+    "big_vs_curl_put": ("imgshare_send_big", "curl_put_big", "mb_s"),
+    "many_vs_curl_loops": ("imgshare_send_many", "curl_put_many", "images_s"),
+}
+CLI_USER = "cli"  # the server's default argon2id hash: only the untimed login pays it
+CLI_PARALLEL = 4
 
 
 def cli(bench: Bench) -> dict[str, Any]:
-    """Whole processes, start to finish: ``imgshare send`` of one ~4 MB photo and
-    ``imgshare list`` against the main server, ``curl -T`` of the same photo and a
-    ``curl`` GET of a 1 KiB file against nginx. Only reported (no goal yet)."""
+    """Whole processes, start to finish, each beside curl against nginx in the same
+    run: ``imgshare send`` of one ~4 MB photo and ``imgshare list`` with the login that
+    ``imgshare login`` saved (a token; logged in once, untimed), against ``curl -T`` of
+    the same photo and a ``curl`` GET of a 1 KiB file; ``imgshare send`` of the big
+    TIFF against ``curl -T``; ``imgshare send --parallel 4`` of the photo burst
+    against 4 parallel loops of ``curl -T``, one curl process per photo."""
     cfg = bench.config
     photo = bench.photo_files[0]
-    password_file = bench.root / "cli-password"
-    password_file.touch(mode=0o600)
-    password_file.write_text(bench.login_password + "\n")
     small_name = "cli-small.txt"
     nginx_url = f"https://127.0.0.1:{bench.nginx_port}/upload/"
-    connection = [
-        "--server", f"127.0.0.1:{bench.imgshare_port}", "--ca", str(bench.ca),
-        "--user", CLI_USER, "--password-file", str(password_file),
-    ]  # fmt: skip
+    env = _cli_environment(bench)
     curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(bench.ca)]
+    burst = _burst_folder(bench, cfg.photos)
+    burst_bytes = sum(path.stat().st_size for path in burst)
+    big_bytes = bench.big_file.stat().st_size
 
     def argv(kind: str) -> list[str]:
         if kind == "imgshare_send":
-            return [str(bench.imgshare), "send", str(photo), *connection]
+            return [str(bench.imgshare), "send", "--json", str(photo)]
         if kind == "imgshare_list":
-            return [str(bench.imgshare), "list", *connection]
+            return [str(bench.imgshare), "list"]
         if kind == "curl_put":
             return [*curl, "-T", str(photo), f"{nginx_url}cli-{time.monotonic_ns()}.jpg"]
+        if kind == "imgshare_send_big":
+            return [str(bench.imgshare), "send", "--json", str(bench.big_file)]
+        if kind == "curl_put_big":
+            return [*curl, "--tlsv1.3", "-T", str(bench.big_file), f"{nginx_url}cli-big.tif"]
+        if kind == "imgshare_send_many":
+            return [str(bench.imgshare), "send", "--json", "--parallel", str(CLI_PARALLEL),
+                    *map(str, burst)]  # fmt: skip
+        if kind == "curl_put_many":
+            return ["bash", "-c", _curl_loops(curl, burst, nginx_url)]
         return [*curl, nginx_url + small_name]
 
+    expected = {"imgshare_send": 1, "imgshare_send_big": 1, "imgshare_send_many": len(burst)}
     bench.log(
-        f"command line: {', '.join(CLI_COMMANDS)}; {photo.stat().st_size / MB:.1f} MB photo,"
-        f" 1 untimed + {cfg.cli_runs} timed runs each"
+        f"command line: {photo.stat().st_size / MB:.1f} MB photo and list ({cfg.cli_runs} "
+        f"timed runs each), {big_bytes / MB:.0f} MB TIFF and {len(burst)} photos with "
+        f"--parallel {CLI_PARALLEL} ({cfg.runs} each), every one beside curl"
     )
-    bench.clear_uploads()
-    (bench.nginx_prefix / "www" / "upload" / small_name).write_bytes(bytes(range(256)) * 4)
+
+    def clear() -> None:  # every upload of the run, and the small file back for curl GET
+        bench.clear_uploads()
+        (bench.nginx_prefix / "www" / "upload" / small_name).write_bytes(bytes(range(256)) * 4)
+
+    clear()
+    login = subprocess.run(
+        [str(bench.imgshare), "login", "--server", f"127.0.0.1:{bench.imgshare_port}",
+         "--ca", str(bench.ca), "--user", CLI_USER, "--name", "bench"],
+        env={**env, "IMGSHARE_PASSWORD": bench.login_password},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if login.returncode != 0:
+        raise RuntimeError(f"imgshare login failed: {login.stderr.strip()[-300:]}")
     kinds = tuple(CLI_COMMANDS)
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"warm": {k: [] for k in kinds}}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        "warm": {k: [] for k in (*kinds, *CLI_BULK)}
+    }
     for kind in kinds:  # untimed: the page cache holds the programs and their modules
-        _run_command(kind, argv(kind))
+        _run_command(kind, argv(kind), env, expected.get(kind))
     for run in range(cfg.cli_runs):
         for kind in _rotate(kinds, run):
             bench.prepare("warm", 16 * util.MIB)
-            figures = _run_command(kind, argv(kind))
-            runs["warm"][kind].append(figures)
+            runs["warm"][kind].append(_run_command(kind, argv(kind), env, expected.get(kind)))
         line = "  ".join(f"{k} {runs['warm'][k][-1]['seconds']:.3f} s" for k in kinds)
         bench.log(f"  run {run + 1}  {line}")
+        clear()
+    sizes = {"imgshare_send_big": (big_bytes, 1), "curl_put_big": (big_bytes, 1),
+             "imgshare_send_many": (burst_bytes, len(burst)),
+             "curl_put_many": (burst_bytes, len(burst))}  # fmt: skip
+    for pair in (("imgshare_send_big", "curl_put_big"), ("imgshare_send_many", "curl_put_many")):
+        for run in range(cfg.runs):
+            for kind in _rotate(pair, run):
+                bench.clear_uploads()
+                payload, count = sizes[kind]
+                bench.prepare("warm", payload)
+                figures = _run_command(kind, argv(kind), env, expected.get(kind))
+                figures["mb_s"] = payload / MB / figures["seconds"]
+                figures["images_s"] = count / figures["seconds"]
+                runs["warm"][kind].append(figures)
+            bench.log(
+                "  run " + str(run + 1) + "  " + "  ".join(
+                    f"{k} {runs['warm'][k][-1]['seconds']:.2f} s"
+                    f" ({runs['warm'][k][-1]['mb_s']:.0f} MB/s)" for k in pair
+                )
+            )  # fmt: skip
     bench.clear_uploads()
     bench.check_alive()
-    summary = _collect(runs, ("seconds", "cpu_s"))
-    for name, (ours, theirs) in CLI_RATIOS.items():
+    summary = _collect(runs, ("seconds", "cpu_s", "mb_s", "images_s"))
+    for name, (ours, theirs, figure) in CLI_RATIOS.items():
+        pairs = zip(runs["warm"][ours], runs["warm"][theirs], strict=True)
         summary["warm"][name] = {
-            "x": util.summary(
-                [a["seconds"] / b["seconds"]
-                 for a, b in zip(runs["warm"][ours], runs["warm"][theirs], strict=True)]
-            )
-        }  # fmt: skip
+            "x": util.summary([a[figure] / b[figure] for a, b in pairs])
+        }  # per run, for the spread
     ratios = {
         "warm": {
             name: _ratio(
-                summary["warm"][ours]["seconds"]["median"],
-                summary["warm"][theirs]["seconds"]["median"],
+                summary["warm"][ours][figure]["median"],
+                summary["warm"][theirs][figure]["median"],
             )
-            for name, (ours, theirs) in CLI_RATIOS.items()
+            for name, (ours, theirs, figure) in CLI_RATIOS.items()
         }
     }
     return {
-        "commands": CLI_COMMANDS,
+        "commands": {**CLI_COMMANDS, **CLI_BULK},
         "user": CLI_USER,
+        "login": "token (imgshare login, once, untimed)",
         "photo_bytes": photo.stat().st_size,
+        "big_bytes": big_bytes,
+        "burst_photos": len(burst),
+        "burst_bytes": burst_bytes,
+        "parallel": CLI_PARALLEL,
         "runs": cfg.cli_runs,
+        "bulk_runs": cfg.runs,
         "figures": summary,
         "ratios": ratios,
         "raw": runs,
     }
 
 
-def _run_command(kind: str, argv: list[str]) -> dict[str, Any]:
-    """Run one command to its end: wall seconds and its CPU (user + system)."""
+def _cli_environment(bench: Bench) -> dict[str, str]:
+    """The commands' environment: a profile of their own, nothing of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSHARE_")}
+    env["IMGSHARE_CONFIG"] = str(bench.root / "cli-profile.json")
+    return env
+
+
+def _burst_folder(bench: Bench, count: int) -> list[Path]:
+    """``count`` photos under names of their own (hard links to the bench's photos)."""
+    folder = bench.root / "cli-burst"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"photo-{index:03d}.jpg"
+        if not path.exists():
+            os.link(bench.photo_files[index % len(bench.photo_files)], path)
+        paths.append(path)
+    return paths
+
+
+def _curl_loops(curl: list[str], files: list[Path], url: str) -> str:
+    """A shell script: ``CLI_PARALLEL`` loops at once, each a curl process per photo."""
+    quoted = " ".join(shlex.quote(part) for part in curl)
+    loops = []
+    for loop in range(CLI_PARALLEL):
+        names = " ".join(shlex.quote(str(path)) for path in files[loop::CLI_PARALLEL])
+        loops.append(
+            f'(for f in {names}; do code=$({quoted} -T "$f" {shlex.quote(url)}'
+            f'many-{loop}-$(basename "$f")) || exit 1; case $code in 201|204) ;; '
+            '*) echo "HTTP $code" >&2; exit 1;; esac; done) &'
+        )
+    return "\n".join([*loops, "status=0", "for job in $(jobs -p); do wait $job || status=1; done",
+                      "exit $status"])  # fmt: skip
+
+
+def _run_command(
+    kind: str, argv: list[str], env: dict[str, str] | None = None, images: int | None = None
+) -> dict[str, Any]:
+    """Run one command to its end: wall seconds and its CPU (user + system). An
+    ``imgshare send`` must print ``images`` checked receipts (``--json``)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    expected = {"curl_put": ("201", "204"), "curl_get": ("200",)}.get(kind)
+    expected = {"curl_put": ("201", "204"), "curl_get": ("200",),
+                "curl_put_big": ("201", "204")}.get(kind)  # fmt: skip
     if done.returncode != 0 or (expected is not None and done.stdout.strip() not in expected):
         output = (done.stdout + done.stderr).strip()[-300:]
         raise RuntimeError(f"{kind} failed ({done.returncode}): {output}")
-    if kind == "imgshare_send" and "signed receipt checked" not in done.stdout:
-        raise RuntimeError(f"imgshare send printed no checked receipt: {done.stdout[-300:]}")
+    if images is not None:
+        receipts = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        if len([r for r in receipts if r.get("id")]) != images:
+            raise RuntimeError(
+                f"{kind}: {len(receipts)} receipts, not {images}: {done.stdout[-300:]}"
+            )
     return {
         "seconds": seconds,
         "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
         "stderr": done.stderr.strip()[-300:],
     }
+
+
+# -- scenario 6: PostgreSQL + SeaweedFS, and two nodes behind haproxy (bench/backends.py) ----
+
+
+def backends(bench: Bench) -> dict[str, Any]:
+    """Issue 13's goals: photos and the big image on PostgreSQL + SeaweedFS against
+    the embedded default, and photos on one node against two behind haproxy."""
+    from bench import backends as scenario  # it uses this module's helpers
+
+    return scenario.run(bench)
 
 
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
@@ -910,4 +1028,5 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "sessions": sessions,
     "photos_workers": photos_workers,
     "cli": cli,
+    "backends": backends,
 }

@@ -224,8 +224,11 @@ class S3BlobStore:
                 # leaves it out when a checksum header is there; this does the same
                 # over http (an endpoint on a trusted network), where it cost about
                 # 2.5 ms of CPU per 4 MB PUT (docs/performance.md, "Several nodes").
-                # The body is still checked: the CRC32 checksum below is a signed
-                # header the server verifies, and sealed objects carry their own tags.
+                # What still guards the body: the CRC32 checksum below, a signed header
+                # that AWS and SeaweedFS check (radosgw 16 does not), against accidents;
+                # against tampering, the sealed objects' own AES-GCM tags. The inbox
+                # copy is plaintext: over http it is as open to the network as to the
+                # bucket's operator (docs/security.md).
                 "payload_signing_enabled": False,
             },
             # A checksum on every PUT and part, whatever AWS_REQUEST_CHECKSUM_CALCULATION
