@@ -114,7 +114,8 @@ class Tally:
         """``sent 3 images (1.2 MiB) in 0.4 s, 3.0 MiB/s; 2 skipped``."""
         took = max(time.monotonic() - self.started, 1e-6)
         images = "image" if self.sent == 1 else "images"
-        text = f"sent {self.sent} {images} ({human_size(self.bytes_sent)}) in {took:.1f} s"
+        seconds = f"{took:.1f}" if took >= 1 else f"{took:.2f}"  # never "in 0.0 s"
+        text = f"sent {self.sent} {images} ({human_size(self.bytes_sent)}) in {seconds} s"
         if self.bytes_sent:
             text += f", {human_size(self.bytes_sent / took)}/s"
         if self.failed:
