@@ -22,7 +22,7 @@ TIMEOUT or SHUTTING_DOWN came before it.
 Uploads are resumable by default (docs/protocol.md, 7.10; ``imgshare.client.resume``):
 a file big enough for the server to make part of it durable gets a resume record, and
 a retry after a network error goes on from the last chunk the server made durable,
-under the same content key (every chunk checked against its digest first), instead
+under the same content key (every chunk sent before checked against its digest), instead
 of starting again; so does the same file sent again by a later ``send`` after a
 killed process or Ctrl-C. A retry once UPLOAD_END went out is only ever a resume: the
 server then either names the image it stored (no second copy) or has none, and the

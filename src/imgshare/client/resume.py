@@ -7,9 +7,16 @@ chunks (and of the list of them: a hash of the whole file) computed before anyth
 is sealed, the server and the user, and the upload's header and content key. When
 the same file is sent again to the same server as the same user, the record says
 which upload to resume; the digests prove the file is the same, chunk by chunk, so
-that no content key and nonce ever seal two different plaintexts. The upload checks
-every chunk against its digest right before it seals it, on the first attempt as on
-a resume.
+that no content key and nonce ever seal two different plaintexts.
+
+The digests are taken in the one pass that reads the file for sending: the upload
+reads a batch of chunks ahead (``RECORD_EVERY`` bytes), hashes them, writes their
+digests into the record, and only then seals and sends those very bytes. So every
+chunk that ever left the client has its digest on disk, and a record may list fewer
+digests than the upload has chunks (those after it were never sent). A resume
+re-reads the recorded chunks and compares them before anything is sealed, and checks
+every recorded chunk it sends again against its digest. A file that changes while it
+is sent (its size or modification time) is refused before the last chunk goes.
 
 Records are state, not settings, so they live in the user's state folder:
 ``$IMGSHARE_RESUME_DIR`` if set, else ``$XDG_STATE_HOME/imgshare/resume``, else
@@ -23,6 +30,7 @@ keeps uploads (24 h).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -56,6 +64,9 @@ DEFAULT_KEEP_FOR = 24 * 3600.0
 #: Larger is not a record (digests of a 256 MiB file in 4 KiB chunks: 4 MiB of hex).
 MAX_RECORD_BYTES = 8 * 1024 * 1024
 _READ = 1024 * 1024
+#: Bytes of chunks read, hashed and recorded ahead of the ones being sealed: the
+#: record is written once per batch (an fsync), and the batch is held in memory.
+RECORD_EVERY = 8 * 1024 * 1024
 #: A record's temp file older than this was left by a process that died writing it.
 _TEMP_AGE = 60.0
 
@@ -82,14 +93,15 @@ class ResumeRecord:
     server: str  # SHA-256 of the server's certificate, hex
     user: str
     file: FileIdentity
-    digests: tuple[bytes, ...] = field(repr=False)  # SHA-256 of each chunk
+    #: SHA-256 of each chunk sent or about to be: a prefix of the upload's chunks.
+    digests: tuple[bytes, ...] = field(repr=False)
     header: bytes = field(repr=False)
     content_key: bytes = field(repr=False)
     created: float  # unix seconds
 
     @property
     def file_sha256(self) -> str:
-        """SHA-256 over the chunk digests: a hash of the whole file."""
+        """SHA-256 over the chunk digests (of the whole file once all are there)."""
         return whole_digest(self.digests)
 
     @property
@@ -128,7 +140,7 @@ class ResumeRecord:
         if (
             len(record.content_key) != 32
             or any(len(d) != 32 for d in digests)
-            or len(digests) != header.chunk_count
+            or len(digests) > header.chunk_count
             or record.file_sha256 != data["sha256"]
         ):
             raise ValueError("inconsistent resume record")
@@ -157,14 +169,17 @@ def whole_digest(digests: tuple[bytes, ...] | list[bytes]) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
-def chunk_digests(handle: io.BufferedIOBase, size: int, chunk_size: int) -> list[bytes]:
+def chunk_digests(
+    handle: io.BufferedIOBase, size: int, chunk_size: int, count: int | None = None
+) -> list[bytes]:
     """SHA-256 of each ``chunk_size`` piece of the first ``size`` bytes of ``handle``
-    (from its start). Raises ``ImgshareError`` if the file is shorter."""
+    (from its start; only the first ``count`` pieces if given). Raises
+    ``ImgshareError`` if the file is shorter."""
     handle.seek(0)
-    digests = []
-    buffer = memoryview(bytearray(min(chunk_size, _READ)))
+    digests: list[bytes] = []
+    buffer = memoryview(bytearray(max(1, min(chunk_size, _READ))))
     remaining = size
-    while remaining:
+    while remaining and (count is None or len(digests) < count):
         digest = hashlib.sha256()
         left = min(chunk_size, remaining)
         while left:
@@ -281,19 +296,34 @@ class ResumeStore:
             where.unlink()
 
 
-class CheckedSource(io.BufferedIOBase):
-    """The file of an upload, read chunk by chunk, each chunk checked against the
-    digest taken before anything was sealed: a chunk that changed since is never
-    sealed (``ImgshareError`` before the caller gets its bytes)."""
+class RecordingSource(io.BufferedIOBase):
+    """The file of an upload, read one whole chunk at a time. A chunk the record has a
+    digest of is checked against it (a chunk that changed is never sealed:
+    ``ImgshareError`` before the caller gets its bytes); the others are read a batch
+    ahead, hashed, recorded (the record saved) and then handed out: the bytes sealed
+    are the bytes hashed, and no chunk leaves before its digest is on disk."""
 
     def __init__(
-        self, handle: io.BufferedIOBase, header: UploadHeader, digests: tuple[bytes, ...]
+        self,
+        handle: io.BufferedIOBase,
+        header: UploadHeader,
+        store: ResumeStore,
+        record: ResumeRecord,
+        identity: FileIdentity | None,
     ) -> None:
+        """``identity``: the file as it was when the upload began (None: ``handle``
+        holds bytes in memory, which cannot change)."""
         super().__init__()
         self._handle = handle
         self._header = header
-        self._digests = digests
+        self._store = store
+        self.record = record
+        self._identity = identity
         self._index = 0
+        #: Chunks recorded before this attempt: each is checked as it is read again.
+        self._checked = len(record.digests)
+        self._ahead: collections.deque[bytearray] = collections.deque()
+        self._batch = max(1, RECORD_EVERY // max(1, header.chunk_size))
 
     def readable(self) -> bool:
         return True
@@ -304,21 +334,52 @@ class CheckedSource(io.BufferedIOBase):
     def readinto(self, buffer: Any, /) -> int:
         view = memoryview(buffer).cast("B")
         index = self._index
-        if index >= self._header.chunk_count or len(view) != self._header.plaintext_length(index):
+        header = self._header
+        if index >= header.chunk_count or len(view) != header.plaintext_length(index):
             raise ImgshareError("resumable uploads are read one whole chunk at a time")
+        if index == header.chunk_count - 1:
+            self._check_unchanged()  # before the last chunk, so before UPLOAD_END
+        if index < self._checked:
+            self._read_exactly(view)
+            digest = hashlib.sha256(view).digest()
+            if not hmac.compare_digest(digest, self.record.digests[index]):
+                raise ImgshareError("the file changed while it was being sent: send it again")
+        else:
+            if not self._ahead:
+                self._read_ahead(index)
+            view[:] = self._ahead.popleft()
+        self._index += 1
+        return len(view)
+
+    def _read_ahead(self, first: int) -> None:
+        """Read, hash and record chunks ``first`` … (a batch), then save the record."""
+        header = self._header
+        digests = list(self.record.digests)
+        for index in range(first, min(first + self._batch, header.chunk_count)):
+            chunk = bytearray(header.plaintext_length(index))
+            self._read_exactly(memoryview(chunk))
+            digests.append(hashlib.sha256(chunk).digest())
+            self._ahead.append(chunk)
+        self.record = replace(self.record, digests=tuple(digests))
+        self._store.save(self.record)
+
+    def _read_exactly(self, view: memoryview) -> None:
         got = 0
         while got < len(view):
             count = self._handle.readinto(view[got:])
             if not count:
-                break
+                raise ImgshareError("the file became shorter while it was being sent")
             got += count
-        digest = hashlib.sha256(view).digest()
-        if got != len(view) or not hmac.compare_digest(digest, self._digests[index]):
+
+    def _check_unchanged(self) -> None:
+        if self._identity is None:
+            return
+        now = os.fstat(self._handle.fileno())
+        if (now.st_size, now.st_mtime_ns) != (self._identity.size, self._identity.mtime_ns):
             raise ImgshareError("the file changed while it was being sent: send it again")
-        self._index += 1
-        return got
 
     def close(self) -> None:
+        self._ahead.clear()
         self._handle.close()
         super().close()
 
@@ -368,7 +429,8 @@ def open_upload(
             header = record.upload_header
             same = record.file == identity and header.name == name and header.size == size
             if not same or not _same_digests(
-                chunk_digests(handle, header.size, header.chunk_size), record.digests
+                chunk_digests(handle, header.size, header.chunk_size, len(record.digests)),
+                record.digests,
             ):
                 store.delete(record)
                 if must_resume:
@@ -394,14 +456,15 @@ def open_upload(
             if must_resume:
                 raise NotResumable(f"no resume record for {path}")
             header, content_key = new_upload(name, size, os.urandom, chunk_size)
-            digests = chunk_digests(handle, size, chunk_size)
+            # No digests yet: each batch of chunks is recorded as it is read to be sent.
             record = ResumeRecord(
-                server, user, identity, tuple(digests), header.encode(), content_key, time.time()
+                server, user, identity, (), header.encode(), content_key, time.time()
             )
             store.save(record)  # before UPLOAD_BEGIN: the key is never lost while in use
             next_chunk = session.start_upload(header, content_key)
         header = record.upload_header
-        source = CheckedSource(handle, header, record.digests)
+        handle.seek(0)
+        source = RecordingSource(handle, header, store, record, identity if data is None else None)
     except BaseException:
         handle.close()
         raise

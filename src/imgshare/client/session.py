@@ -572,12 +572,14 @@ class ClientSession:
     ) -> OutgoingUpload:
         """Like ``begin_upload``, for an upload that can survive a broken connection,
         a killed client or Ctrl-C: a file of at least ``resume_store.min_size`` gets a
-        resume record (its chunks' digests and the content key) before UPLOAD_BEGIN;
-        when a record exists, the file is hashed again and, if unchanged, the upload is
-        resumed where the server kept it (``next_chunk`` of the returned upload); if the
-        file changed, or the server no longer has the upload, a new one begins with a
-        new content key. Every chunk is checked against its digest before it is
-        sealed. The record goes once the server stored or refused the image.
+        resume record (the content key, and each chunk's digest, recorded a batch
+        ahead of the chunks sent) before UPLOAD_BEGIN; when a record exists, the
+        recorded chunks are hashed again and, if unchanged, the upload is resumed
+        where the server kept it (``next_chunk`` of the returned upload); if the file
+        changed, or the server no longer has the upload, a new one begins with a new
+        content key. A recorded chunk sent again is checked against its digest before
+        it is sealed, and a file that changes while it is sent is refused before its
+        last chunk. The record goes once the server stored or refused the image.
 
         ``must_resume``: only go on with a recorded upload; raise ``NotResumable``
         (``imgshare.client.resume``) rather than begin a new one. ``data``: send these
