@@ -783,7 +783,6 @@ class _SendRun:
         self.resume_state: dict[Path, tuple[int, bool]] = {}
         #: Files being sent, with the session each is on (for Ctrl-C); under ``lock``.
         self.in_flight: dict[Path, ClientSession | None] = {}
-        self.uploads: dict[Path, OutgoingUpload] = {}
         self.lock = threading.Lock()
         #: Set once ``send`` has given up on its workers: their late reports are dropped.
         self.silenced = False
@@ -793,6 +792,8 @@ class _SendRun:
         self.strip = strip
         self.sha256 = sha256
         self.cancelled = threading.Event()
+        #: Files whose UPLOAD_END is going or gone: never cut on Ctrl-C (under ``lock``).
+        self.finishing: set[Path] = set()
         self.final: dict[Path, Progress] = {}
         self.queue: queue.SimpleQueue[SendItem] = queue.SimpleQueue()
         self.max_size = 0
@@ -877,10 +878,11 @@ class _SendRun:
             # A worker blocked in a write (a stalled network) would not see the flag:
             # cut its connection, which the server takes as a dropped one. Not one
             # whose UPLOAD_END went out: its receipt may be on the way.
+            # Checked and cut under the lock that a worker takes to decide to send
+            # UPLOAD_END: a connection is cut before that, or left to its receipt.
             with self.lock:
                 for path, session in self.in_flight.items():
-                    upload = self.uploads.get(path)
-                    if session is not None and not (upload is not None and upload.end_sent):
+                    if session is not None and path not in self.finishing:
                         session.abort()
             deadline = time.monotonic() + 2.0
             for worker in workers:
@@ -947,7 +949,7 @@ class _SendRun:
         finally:
             with self.lock:
                 self.in_flight.pop(item.path, None)
-                self.uploads.pop(item.path, None)
+                self.finishing.discard(item.path)
 
     def _on(self, item: SendItem, session: ClientSession) -> ClientSession:
         with self.lock:
@@ -978,8 +980,6 @@ class _SendRun:
             try:
                 session = self._on(item, self._connected(item, session, total))
                 upload = self._begin(item, session, data, must_resume=end_sent)
-                with self.lock:
-                    self.uploads[item.path] = upload
                 total = upload.size
                 # A resumed upload starts at what the server has (``upload.sent``).
                 self.resume_state[item.path] = (upload.sent, _is_resumable(upload))
@@ -990,6 +990,10 @@ class _SendRun:
                             raise _Cancelled
                         upload.send_chunks(1)
                         self.report(item, "sending", upload.sent, total)
+                    with self.lock:  # Ctrl-C now, or never cut: see _send_all
+                        if self.cancelled.is_set():
+                            raise _Cancelled
+                        self.finishing.add(item.path)
                     self.report(item, "verifying", total, total)
                     result = upload.finish()
                 self.report(item, "done", total, total, result=result)
