@@ -129,6 +129,12 @@ class Progress:
 
 #: The ``error`` of files that Ctrl-C stopped or kept from starting.
 INTERRUPTED = "interrupted: not sent"
+#: After Ctrl-C, how long an upload whose UPLOAD_END went out may wait for its answer.
+RECEIPT_WAIT = 15.0
+MAY_BE_STORED = (
+    "interrupted after the whole image was sent, before the server answered: it may "
+    "have stored it; check `imgshare list` before sending it again"
+)
 
 #: Called with every report, from ``send``'s worker threads (several at once with
 #: ``parallel`` > 1, though one file's reports always come in order from one thread).
@@ -887,12 +893,20 @@ class _SendRun:
             deadline = time.monotonic() + 2.0
             for worker in workers:
                 worker.join(max(0.0, deadline - time.monotonic()))
+            # An upload whose UPLOAD_END went out is stored or refused in a moment (a
+            # busy server's fsync may take seconds): its answer is worth the wait, or
+            # the summary would miss an image the server keeps.
+            deadline = time.monotonic() + RECEIPT_WAIT
+            while self.finishing and time.monotonic() < deadline:
+                for worker in workers:
+                    worker.join(max(0.0, min(0.1, deadline - time.monotonic())))
             self._fail_queued(INTERRUPTED)
             with self.lock:
                 stuck = [item for item in self.plan.items if item.path in self.in_flight]
             for item in stuck:  # still not back: say so for them, then no more reports
                 if item.path not in self.final:
-                    self.report(item, "failed", error=INTERRUPTED)
+                    why = MAY_BE_STORED if item.path in self.finishing else INTERRUPTED
+                    self.report(item, "failed", error=why)
             self.silenced = True
             raise
         self._fail_queued(f"not sent: {self.no_connection or 'no connection to the server'}")
