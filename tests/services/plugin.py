@@ -20,23 +20,15 @@ from collections.abc import Iterator
 import pytest
 
 from imgshare.store.s3 import S3Config
+from services.base import started
 from services.radosgw import Radosgw
-from services.radosgw import ServiceError as RadosgwError
-from services.seaweedfs import REGION, SeaweedFS, ServiceError
+from services.seaweedfs import REGION, SeaweedFS
 
 
 @pytest.fixture(scope="session")
 def seaweedfs() -> Iterator[SeaweedFS]:
     """A throwaway SeaweedFS on 127.0.0.1 with one bucket and one identity."""
-    server = SeaweedFS()
-    failure = None
-    try:
-        server.start()
-    except ServiceError as exc:
-        server.stop()
-        failure = f"cannot start SeaweedFS for the S3 tests: {exc}"
-    if failure is not None:
-        pytest.fail(failure, pytrace=False)
+    server = started(SeaweedFS(), "SeaweedFS for the S3 tests")
     try:
         yield server
     finally:
@@ -46,13 +38,7 @@ def seaweedfs() -> Iterator[SeaweedFS]:
 @pytest.fixture(scope="session")
 def s3_config(seaweedfs: SeaweedFS) -> S3Config:
     """How to reach the session's bucket (no prefix: tests add their own)."""
-    return S3Config(
-        bucket=seaweedfs.bucket,
-        endpoint_url=seaweedfs.endpoint_url,
-        access_key=seaweedfs.access_key,
-        secret_key=seaweedfs.secret_key,
-        region=REGION,
-    )
+    return bucket_of(seaweedfs)
 
 
 @pytest.fixture(scope="session")
@@ -63,15 +49,7 @@ def radosgw() -> Iterator[Radosgw]:
     It serves HTTPS, with a self-signed certificate that AWS_CA_BUNDLE names for the
     session: SeaweedFS covers plain http, radosgw the way botocore sends bodies over
     TLS (a checksum trailer unless one is given: docs/operations.md)."""
-    server = Radosgw(tls=True)
-    failure = None
-    try:
-        server.start()
-    except RadosgwError as exc:
-        server.stop()
-        failure = f"cannot start Ceph radosgw for the S3 tests: {exc}"
-    if failure is not None:
-        pytest.fail(failure, pytrace=False)
+    server = started(Radosgw(tls=True), "Ceph radosgw for the S3 tests")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_CA_BUNDLE", str(server.ca_path))
         try:
@@ -83,11 +61,16 @@ def radosgw() -> Iterator[Radosgw]:
 @pytest.fixture(scope="session")
 def radosgw_config(radosgw: Radosgw) -> S3Config:
     """How to reach radosgw's bucket (no prefix: tests add their own)."""
+    return bucket_of(radosgw)
+
+
+def bucket_of(server: SeaweedFS | Radosgw) -> S3Config:
+    """The S3 settings of ``server``'s bucket and identity."""
     return S3Config(
-        bucket=radosgw.bucket,
-        endpoint_url=radosgw.endpoint_url,
-        access_key=radosgw.access_key,
-        secret_key=radosgw.secret_key,
+        bucket=server.bucket,
+        endpoint_url=server.endpoint_url,
+        access_key=server.access_key,
+        secret_key=server.secret_key,
         region=REGION,
     )
 

@@ -43,6 +43,8 @@ from typing import Any, Self
 
 import pytest
 
+from services.base import ServiceError, started
+
 HOST = "127.0.0.1"
 #: Ports for the cluster (SeaweedFS takes 10000-19999, bench/util.py 20000-30000;
 #: Linux's ephemeral ports start at 32768).
@@ -54,10 +56,6 @@ ADMIN = "admin"
 INSTALL_HINT = "run scripts/services/install-postgres.sh (as root) to install PostgreSQL"
 #: Test parameters for "every catalog": SQLite, and PostgreSQL behind the marker.
 CATALOG_KINDS = ("sqlite", pytest.param("postgres", marks=pytest.mark.postgres))
-
-
-class ServiceError(RuntimeError):
-    """PostgreSQL could not be found or started; the message says why."""
 
 
 def find_bin_dir() -> Path | None:
@@ -401,15 +399,7 @@ def _literal(text: str) -> str:
 def postgres() -> Iterator[PostgresCluster]:
     """A throwaway PostgreSQL cluster for the session. Fails (never skips) the tests
     that need it when PostgreSQL is missing or cannot start."""
-    cluster = PostgresCluster()
-    failure = None
-    try:
-        cluster.start()
-    except ServiceError as exc:
-        cluster.stop()
-        failure = f"cannot start PostgreSQL for the catalog tests: {exc}"
-    if failure is not None:
-        pytest.fail(failure, pytrace=False)
+    cluster = started(PostgresCluster(), "PostgreSQL for the catalog tests")
 
     def make_schema(url: str) -> None:
         from imgshare.store.postgres import PostgresCatalog

