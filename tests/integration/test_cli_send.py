@@ -48,13 +48,13 @@ from helpers import (
 )
 from PIL import Image
 
-from imgshare.cli.units import human_size
 from imgshare.client.metadata import strip_metadata
 from imgshare.protocol.events import ReceiptBody
 from imgshare.protocol.keys import public_key_of, verify
 from imgshare.protocol.stream import UploadHeader
 from imgshare.store import open_catalog
 from imgshare.store.resumable import PartialUpload
+from imgshare.units import human_size
 
 STORED = re.compile(r"^(\S+): stored as ([0-9a-f]{32}) \((\d+) bytes", re.MULTILINE)
 

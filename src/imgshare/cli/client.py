@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from imgshare.cli.units import human_size
 from imgshare.client import diagnose
 from imgshare.errors import ConfigError, ImgshareError, PeerError, StorageError
 from imgshare.protocol.constants import DEFAULT_PORT, ErrorCode
 from imgshare.safetext import escape
+from imgshare.units import human_size
 
 if TYPE_CHECKING:
     from imgshare.client import ClientSession

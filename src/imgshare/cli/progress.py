@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import click
 
-from imgshare.cli.units import human_size
 from imgshare.safetext import escape
+from imgshare.units import human_size
 
 if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress

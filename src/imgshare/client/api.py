@@ -77,6 +77,7 @@ from imgshare.errors import (
 from imgshare.protocol import events as ev
 from imgshare.protocol.constants import DEFAULT_PORT, ErrorCode, ListScope
 from imgshare.protocol.keys import ServerVerifier, VerifyingKey, public_key_of
+from imgshare.units import human_size
 
 if TYPE_CHECKING:
     from imgshare.client.resume import ResumeStore
@@ -1078,19 +1079,3 @@ def _too_large(size: int, limit: int) -> str:
         f"too large: {human_size(size)}, and the server takes at most "
         f"{human_size(limit)} an image (not sent)"
     )
-
-
-def human_size(size: float) -> str:
-    """``1536`` -> ``1.50 KiB``: powers of 1024, three significant digits; the same
-    text as the command line's ``imgshare.cli.units.human_size`` (which this package
-    cannot import without the whole command line)."""
-    if size < 1024:
-        return f"{int(size)} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if value < 999.5 or unit == "PiB":
-            break
-    if value >= 100:
-        return f"{value:.0f} {unit}"
-    return f"{value:.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from imgshare.errors import ConfigError, ImgshareError, PeerError
 from imgshare.protocol.constants import ErrorCode
 from imgshare.safetext import escape
+from imgshare.units import human_size
 
 if TYPE_CHECKING:
     from imgshare.client.api import Client, ImageEntry, Progress, ShareInfo
@@ -286,8 +287,6 @@ def iso(ms: int) -> str:
 
 def progress_text(update: Progress) -> str:
     """One line for a file's progress bar."""
-    from imgshare.client.api import human_size
-
     if update.state == "sending" and update.total:
         percent = 100 * update.sent // update.total
         return f"sending {percent} % ({human_size(update.sent)} of {human_size(update.total)})"
@@ -302,8 +301,6 @@ def progress_text(update: Progress) -> str:
 
 def receipt_text(result: UploadResult) -> str:
     """What ``imgshare send`` says of a stored image."""
-    from imgshare.client.api import human_size
-
     return (
         f"stored as {result.id} ({human_size(result.size)}) at {iso(result.server_time_ms)}; "
         "signed receipt checked, server HMAC matches"
@@ -319,8 +316,6 @@ def hmac_texts(result: UploadResult) -> tuple[str, str]:
 
 def tile_text(tile: Tile, *, shared: bool) -> str:
     """A thumbnail's caption: name, owner (of an image shared with me), size, id."""
-    from imgshare.client.api import human_size
-
     entry = tile.entry
     owner = f"from {escape(entry.owner)}\n" if shared and entry.owner else ""
     return f"{escape(entry.name)}\n{owner}{human_size(entry.size)}, {tile.image_id[:8]}"

@@ -1,7 +1,7 @@
 """Numbers for people: sizes in the one form every command shows them.
 
-No imports beyond the standard library's core, so any command (or the progress
-display of `imgshare send`) can use it without paying for more.
+No imports at all, so the command line, the client library and the GUI all show
+sizes with this one function without paying for more.
 """
 
 from __future__ import annotations
