@@ -419,8 +419,10 @@ def test_an_upload_resumes_on_another_worker_process(tmp_path: Path) -> None:
             wait_until(lambda: partials(data) and partials(data)[0].durable_chunks >= 5)
             first._sock.close()
             upload.close()
-            kept = parked(data, at_least=5)
+            # Once parked, its durable count is final (until then another chunk
+            # sent before the cut may still become durable).
             serve.wait_for("upload kept for a resume")
+            kept = parked(data, at_least=5)
             second, second_worker = session_on(first_worker)
             assert second_worker != first_worker
             again = second.begin_resumable_upload(image, store)
